@@ -1,0 +1,56 @@
+"""Backend protocols (plain dataclasses in, plain values out) and the one place that picks an engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from raysel.config import ScoreConfig
+
+
+@dataclass(frozen=True)
+class TokenLoss:
+    """Answer-token negative log-likelihood of one (prompt, response) text."""
+
+    nll_sum: float
+    """Sum of -log p(token) over the scored answer tokens (natural log)."""
+    n_tokens: int
+    """Answer tokens scored (after truncation); 0 means nothing could be scored."""
+    prompt_tokens: int
+    """Tokens before the answer: len(encode(prompt)), special tokens included, as the IFD code counts it."""
+
+
+class LossScorer(Protocol):
+    """Scores the response given the prompt, with the text tokenized whole (prompt + response)."""
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        max_length: int,
+        max_answer_tokens: Sequence[int] | None = None,
+    ) -> list[TokenLoss]:
+        """Per row: the text prompt+response is truncated to `max_length` tokens, and at most
+        `max_answer_tokens[i]` answer tokens are scored. Results never depend on batch composition."""
+        ...
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        """The model's chat template around one user turn, ending where the assistant's answer starts."""
+        ...
+
+
+def make_scorer(cfg: ScoreConfig) -> LossScorer:
+    """Build the configured scorer; the engine is imported here, never at raysel import time."""
+    if cfg.backend == "hf":
+        from raysel.backends.hf import HfLossScorer
+
+        return HfLossScorer(cfg)
+    if cfg.backend == "vllm":
+        from raysel.backends.vllm import VllmLossScorer
+
+        return VllmLossScorer(cfg)
+    from raysel.backends.fake import FakeLossScorer
+
+    return FakeLossScorer(cfg)

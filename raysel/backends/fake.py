@@ -1,0 +1,53 @@
+"""Deterministic dependency-free scorer for plumbing tests only: never a source of real scores."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from raysel.backends.base import TokenLoss
+from raysel.config import ScoreConfig
+
+
+def _tokens(text: str) -> list[str]:
+    return text.split()
+
+
+def _token_nll(context: str, token: str) -> float:
+    # A pseudo-loss in (0.5, 4.5) that depends on a little context, so conditioning changes it.
+    digest = hashlib.blake2b(f"{context[-32:]}|{token}".encode(), digest_size=4).digest()
+    return 0.5 + 4.0 * int.from_bytes(digest, "little") / 2**32
+
+
+class FakeLossScorer:
+    """Whitespace "tokens" and hashed per-token losses; same contract as the real scorers."""
+
+    def __init__(self, cfg: ScoreConfig) -> None:
+        self.cfg = cfg
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        head = f"<|system|>{system}\n" if system else ""
+        return f"{head}<|user|>{user}\n<|assistant|>"
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        max_length: int,
+        max_answer_tokens: Sequence[int] | None = None,
+    ) -> list[TokenLoss]:
+        out = []
+        for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            n_prompt = len(_tokens(prompt))
+            answer = _tokens(response)[: max(0, max_length - n_prompt)]
+            if max_answer_tokens is not None:
+                answer = answer[: max(0, max_answer_tokens[i])]
+            context, total = prompt, 0.0
+            for tok in answer:
+                total += _token_nll(context, tok)
+                context += " " + tok
+            out.append(TokenLoss(nll_sum=total, n_tokens=len(answer), prompt_tokens=n_prompt))
+        return out
+
+

@@ -1,0 +1,112 @@
+"""transformers loss scorer: length-sorted, token-budgeted right-padded batches; logits only on answer tokens."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from raysel.backends.base import TokenLoss
+from raysel.backends.models import resolve_model
+from raysel.config import ScoreConfig
+
+
+def answer_spans(
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int, max_answer_tokens
+) -> tuple[list[list[int]], list[int], list[int]]:
+    """Token ids of each whole text (truncated to max_length), where its answer starts, and where scoring ends.
+
+    The answer starts at len(encode(prompt)), as the IFD code counts it (text[:text.rfind(output)] is the
+    prompt, since the text ends with the output); at most max_answer_tokens[i] answer tokens are kept.
+    """
+    texts = [p + r for p, r in zip(prompts, responses, strict=True)]
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    starts = [len(x) for x in tokenizer(list(prompts))["input_ids"]]
+    ends = []
+    for i, (row, start) in enumerate(zip(ids, starts, strict=True)):
+        end = len(row) if max_answer_tokens is None else min(len(row), start + max(0, max_answer_tokens[i]))
+        ends.append(max(end, max(start, 1)))  # token 0 has no prediction; an empty span scores nothing
+    return ids, starts, ends
+
+
+def pack_by_length(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Row indexes grouped into batches of similar length whose padded size stays within token_budget."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= token_budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+class HfLossScorer:
+    """LossScorer on transformers (CPU or CUDA). Scores agree with a one-row-at-a-time loop to float error."""
+
+    def __init__(self, cfg: ScoreConfig) -> None:
+        self.cfg = cfg
+        if cfg.device == "cpu":
+            torch.set_num_threads(cfg.threads or max(1, math.ceil(cfg.num_cpus)))
+        path = resolve_model(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
+        model = model.to(cfg.device).eval()
+        if cfg.quantize == "int8":
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model = model
+        # Logits for answer positions only: the vocab projection is a large share of a small model's
+        # FLOPs. Models that post-process logits (softcapping, scaling) take the full forward instead.
+        conf = model.config
+        self._fast = not (getattr(conf, "final_logit_softcapping", None) or getattr(conf, "logit_scale", None))
+        self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        max_length: int,
+        max_answer_tokens: Sequence[int] | None = None,
+    ) -> list[TokenLoss]:
+        ids, starts, ends = answer_spans(self.tokenizer, prompts, responses, max_length, max_answer_tokens)
+        nll = [0.0] * len(ids)
+        todo = [i for i in range(len(ids)) if ends[i] > starts[i]]
+        for batch in pack_by_length([ends[i] for i in todo], self.cfg.token_budget):
+            rows = [todo[j] for j in batch]
+            sums = self._forward([ids[i][: ends[i]] for i in rows], [starts[i] for i in rows])
+            for i, s in zip(rows, sums, strict=True):
+                nll[i] = s
+        return [
+            TokenLoss(nll_sum=nll[i], n_tokens=max(0, ends[i] - starts[i]), prompt_tokens=starts[i])
+            for i in range(len(ids))
+        ]
+
+    @torch.inference_mode()
+    def _forward(self, rows: list[list[int]], starts: list[int]) -> list[float]:
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        b_idx, pos = [], []
+        for b, (row, start) in enumerate(zip(rows, starts, strict=True)):
+            input_ids[b, : len(row)] = torch.tensor(row)
+            mask[b, : len(row)] = 1
+            b_idx += [b] * (len(row) - start)
+            pos += range(start - 1, len(row) - 1)  # hidden state at p predicts token p + 1
+        dev = self.cfg.device
+        input_ids, mask = input_ids.to(dev), mask.to(dev)
+        b_t, p_t = torch.tensor(b_idx, device=dev), torch.tensor(pos, device=dev)
+        if self._fast:
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            logits = self.model.get_output_embeddings()(hidden[b_t, p_t])
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits[b_t, p_t]
+        token_nll = torch.nn.functional.cross_entropy(logits.float(), input_ids[b_t, p_t + 1], reduction="none")
+        sums = torch.zeros(len(rows), dtype=torch.float64, device=dev).index_add_(0, b_t, token_nll.double())
+        return sums.tolist()

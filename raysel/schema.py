@@ -1,0 +1,65 @@
+"""Column names and dtypes of raysel's instruction table: the only place column names are spelled."""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+
+import pyarrow as pa
+
+ID = "id"
+INSTRUCTION = "instruction"
+INPUT = "input"
+OUTPUT = "output"
+SOURCE = "source"
+"""Where the row came from: ``<file>:<line>`` (1-based line or record number)."""
+MESSAGES = "messages"
+"""Multi-turn rows keep the whole conversation as OpenAI-style JSON text; "" otherwise."""
+RAW = "raw"
+"""The original record as JSON text, so selected.jsonl can give back every original field."""
+REJECT_REASON = "reject_reason"
+"""Empty for good rows; otherwise why the row was set aside (it goes to rejected.jsonl)."""
+
+LOSS_COND = "loss_cond"
+LOSS_DIRECT = "loss_direct"
+PPL_COND = "ppl_cond"
+PPL_DIRECT = "ppl_direct"
+SCORE_IFD = "score_ifd"
+N_ANSWER_TOKENS = "n_answer_tokens"
+PROMPT_TOKENS = "prompt_tokens"
+SELECTED = "selected"
+SELECT_REASON = "select_reason"
+"""Why a scored row was or was not selected (e.g. ``top_k``, ``ifd_above_1``, ``below_cutoff``)."""
+
+CANONICAL = (ID, INSTRUCTION, INPUT, OUTPUT, SOURCE, MESSAGES, RAW, REJECT_REASON)
+
+CANONICAL_SCHEMA = pa.schema(
+    [
+        (ID, pa.string()),
+        (INSTRUCTION, pa.string()),
+        (INPUT, pa.string()),
+        (OUTPUT, pa.string()),
+        (SOURCE, pa.string()),
+        (MESSAGES, pa.string()),
+        (RAW, pa.string()),
+        (REJECT_REASON, pa.string()),
+    ]
+)
+
+
+def normalize_text(text: str) -> str:
+    """Text as hashed for ids: Unicode NFC, Windows/Mac newlines as ``\\n``, outer whitespace stripped."""
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def row_id(instruction: str, input: str, output: str) -> str:
+    """Stable content id: the same (instruction, input, output) gets the same id in every run.
+
+    Duplicates collide on purpose. 16 bytes of BLAKE2b, hex: collisions are negligible at 10^9 rows.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for part in (instruction, input, output):
+        data = normalize_text(part).encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()

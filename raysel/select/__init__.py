@@ -1,0 +1,1 @@
+"""Global selection policies: pure functions on numpy arrays of scores, no Ray."""
