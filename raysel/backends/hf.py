@@ -22,7 +22,8 @@ def answer_spans(
     prompt, since the text ends with the output); at most max_answer_tokens[i] answer tokens are kept.
     """
     texts = [p + r for p, r in zip(prompts, responses, strict=True)]
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    # Truncate by hand, keeping the head: tokenizers differ in truncation_side (vLLM's cuts the left).
+    ids = [row[:max_length] for row in tokenizer(texts)["input_ids"]]
     starts = [len(x) for x in tokenizer(list(prompts))["input_ids"]]
     ends = []
     for i, (row, start) in enumerate(zip(ids, starts, strict=True)):

