@@ -97,6 +97,15 @@ def _demo(args: argparse.Namespace, extra: list[str]) -> RunConfig:
     return load_config(None, values | _overrides(argparse.Namespace(), extra))
 
 
+def _user_error(e: BaseException | None) -> BaseException | None:
+    """The ConfigError/InputError behind `e`, unwrapping the exceptions Ray wraps worker errors in."""
+    for _ in range(16):
+        if e is None or isinstance(e, (ConfigError, InputError)):
+            return e
+        e = getattr(e, "cause", None) or e.__cause__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     try:
@@ -107,15 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         from raysel.driver import run
 
         result = run(cfg, select=args.command != "score")
-    except (ConfigError, InputError) as e:
-        print(f"raysel: error: {e}", file=sys.stderr)
+    except Exception as e:
+        user_error = _user_error(e)
+        if user_error is None:
+            raise
+        print(f"raysel: error: {user_error}", file=sys.stderr)
         return 2
-    except Exception as e:  # Ray wraps errors raised in workers; show the cause, not the traceback
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, (ConfigError, InputError)):
-            print(f"raysel: error: {cause}", file=sys.stderr)
-            return 2
-        raise
     from raysel.summary import print_summary
 
     print_summary(result, demo=args.command == "demo")

@@ -19,6 +19,7 @@ from raysel import __version__
 from raysel import schema as S
 from raysel.config import RunConfig, dump_yaml
 from raysel.io import iter_parquet, read_corpus, write_jsonl, write_parquet_stream
+from raysel.readers import InputError
 from raysel.select.topk import select_top_ifd
 
 SCORE_COLUMNS = (S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.N_ANSWER_TOKENS)
@@ -78,6 +79,14 @@ def _keep(batch: pa.Table, drop: frozenset[str]) -> pa.Table:
     return batch.filter(pc.and_(good, pc.invert(dup)))
 
 
+def _raise_first_reject(compact: pa.Table) -> None:
+    bad = compact.filter(pc.not_equal(compact[S.REJECT_REASON], ""))
+    if bad.num_rows:
+        src, why = bad[S.SOURCE][0].as_py(), bad[S.REJECT_REASON][0].as_py()
+        raise InputError(f"{src}: {why} (data.strict is on: fix the row, or drop --strict to set bad rows "
+                         f"aside in rejected.jsonl; {bad.num_rows} bad rows in all)")
+
+
 def find_duplicates(ingest: pa.Table) -> dict[str, str]:
     """source of each later copy -> source of the first copy with the same id (rows in input order)."""
     first: dict[str, str] = {}
@@ -108,6 +117,8 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
         return write_parquet_stream(_arrow(read_corpus(cfg.data).map_batches(_compact, batch_format="pyarrow")), path)
 
     compact = pq.read_table(_step(out, "ingest", data_key, ingest, timings))
+    if cfg.data.strict:
+        _raise_first_reject(compact)
     dups = find_duplicates(compact) if cfg.data.dedupe else {}
 
     def score(path: Path) -> int:
@@ -152,7 +163,7 @@ def _finish(cfg: RunConfig, out: Path, compact: pa.Table, dups: dict[str, str], 
         "config": cfg.to_dict(),
         "counts": counts,
         "rejected_by_reason": dict(reasons + unscorable) | ({"duplicate": len(dups)} if dups else {}),
-        "outputs": sorted(p.name for p in out.iterdir() if p.is_file()),
+        "outputs": sorted({p.name for p in out.iterdir() if p.is_file()} | {"manifest.json"}),
     }
 
 

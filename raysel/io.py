@@ -99,7 +99,9 @@ def read_corpus(cfg: DataConfig) -> ray.data.Dataset:
     ds = ray.data.read_binary_files(files, include_paths=True)
     ds = ds.map_batches(
         _parse_batch,
-        fn_kwargs={"columns": cfg.columns, "strict": cfg.strict},
+        # Always lenient in the workers: the driver enforces data.strict on the first bad row in input
+        # order, so the error is the same whatever the parallelism, and not wrapped in a Ray task error.
+        fn_kwargs={"columns": cfg.columns, "strict": False},
         batch_size=1,
         batch_format="numpy",
     )

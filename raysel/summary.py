@@ -13,20 +13,18 @@ from raysel.driver import RunResult
 
 
 def demo_breakdown(out: Path) -> dict[str, Counter]:
-    """kind (clean | duplicate | mismatched, from the demo corpus) -> Counter of what happened to it."""
+    """For the demo corpus: what happened to the clean pairs, the mismatched pairs and the extra copies."""
     kinds: dict[str, str] = {}
     for line in (out / "demo_corpus.jsonl").read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         rid = S.row_id(rec["instruction"], rec["input"], rec["output"])
-        kinds.setdefault(rid, rec["kind"])  # a duplicate's first copy is its clean original
-    fate: dict[str, Counter] = {}
-    scores = pq.read_table(out / "scores.parquet", columns=[S.ID, S.SOURCE, S.SELECT_REASON]).to_pylist()
-    by_source = {r[S.SOURCE]: r for r in scores}
-    for n, line in enumerate((out / "demo_corpus.jsonl").read_text(encoding="utf-8").splitlines(), 1):
-        rec = json.loads(line)
-        row = by_source.get(f"{out / 'demo_corpus.jsonl'}:{n}")
-        what = row[S.SELECT_REASON] if row else "rejected (duplicate or bad input)"
-        fate.setdefault(rec["kind"], Counter())[what] += 1
+        kinds[rid] = "mismatched" if rec["kind"] == "mismatched" else "clean"
+    fate: dict[str, Counter] = {"clean": Counter(), "mismatched": Counter(), "extra copies": Counter()}
+    for row in pq.read_table(out / "scores.parquet", columns=[S.ID, S.SELECT_REASON]).to_pylist():
+        fate[kinds[row[S.ID]]][row[S.SELECT_REASON]] += 1
+    for line in (out / "rejected.jsonl").read_text(encoding="utf-8").splitlines():
+        if json.loads(line)["stage"] == "dedupe":
+            fate["extra copies"]["removed as duplicate"] += 1
     return fate
 
 
@@ -38,11 +36,23 @@ def print_summary(result: RunResult, *, demo: bool = False) -> None:
         f"  read {c['read']}  rejected {c['rejected_total']} (bad input {c['rejected_input']}, "
         f"duplicates {c['duplicates']}, unscorable {c['unscorable']})  scored {c['scored']}"
     )
-    print(f"  IFD > 1 (excluded) {c['ifd_above_1']}  passed {c['passed']}  selected {c['selected']}")
+    if (out / "selected.jsonl").exists():
+        print(f"  IFD > 1 (excluded) {c['ifd_above_1']}  passed {c['passed']}  selected {c['selected']}")
     for name in ("selected.jsonl", "scores.parquet", "rejected.jsonl", "manifest.json", "config.yaml"):
         if (out / name).exists():
             print(f"  {out / name}")
     if demo and (out / "demo_corpus.jsonl").exists():
-        print("  where each kind of pair went:")
+        print("  where each kind of pair in the demo corpus went:")
         for kind, fate in sorted(demo_breakdown(out).items()):
-            print(f"    {kind:<11} " + ", ".join(f"{k}: {v}" for k, v in sorted(fate.items())))
+            print(f"    {kind:<12} " + ", ".join(f"{k}: {v}" for k, v in sorted(fate.items())))
+    _print_top(out)
+
+
+def _print_top(out: Path, n: int = 3) -> None:
+    """The highest-IFD selected rows: what the model found hardest to answer without its instruction."""
+    if not (out / "selected.jsonl").exists():
+        return
+    rows = [json.loads(line) for line in (out / "selected.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows.sort(key=lambda r: -r[S.SCORE_IFD])
+    for r in rows[:n]:
+        print(f"  top pick, IFD {r[S.SCORE_IFD]:.3f}: {r[S.INSTRUCTION][:90]!r}")

@@ -1,0 +1,152 @@
+"""End to end on CPU: `raysel select` / `raysel score ifd` through Ray Data, with the fake and real models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from raysel import schema as S
+from raysel.cli import main
+from raysel.config import load_config
+from raysel.driver import run
+
+REQUIRED = ["id", "instruction", "input", "output", "loss_cond", "loss_direct", "score_ifd"]
+
+
+def _reference_ifd(tok, model, instruction: str, inp: str, output: str, max_length: int) -> float:
+    """IFD the way the paper's released code computes it: one row, whole-text tokenization, per-token loss."""
+    import torch
+
+    from raysel.templates import build_prompt
+
+    def mean_answer_loss(text: str, max_len: int) -> float:
+        ids = tok.encode(text)[:max_len]
+        start = len(tok.encode(text[: text.rfind(output)]))
+        with torch.no_grad():
+            logp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        losses = [-logp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+        return float(np.mean(losses[start - 1 : len(ids) - 1]))
+
+    prompt = build_prompt("alpaca", instruction, inp)
+    prompt_len = len(tok.encode(prompt))
+    direct_prefix_len = len(tok.encode("### Response:"))
+    cond = mean_answer_loss(prompt + output, max_length)
+    direct = mean_answer_loss("### Response:" + output, max_length - prompt_len + direct_prefix_len)
+    return cond / direct
+
+
+def test_select_real_model_matches_paper_formula(shared_data: Path, ray_local, tmp_path: Path) -> None:
+    src = shared_data / "alpaca_gpt4_1k.json"
+    out = tmp_path / "run"
+    overrides = {"data.input": str(src), "output": str(out), "data.limit": 24, "score.max_length": 160,
+                 "score.threads": 2, "select.ratio": 0.25}
+    result = run(load_config(None, overrides))
+    counts = result.manifest["counts"]
+    scores = pq.read_table(out / "scores.parquet").to_pandas()
+    assert set(REQUIRED) <= set(scores.columns)
+    assert counts["read"] == 24 and counts["read"] == counts["scored"] + counts["rejected_total"]
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raysel.backends.models import resolve_model
+
+    path = resolve_model("smollm2")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    for row in scores.head(12).itertuples():
+        ref = _reference_ifd(tok, model, row.instruction, row.input, row.output, 160)
+        assert math.isclose(row.score_ifd, ref, rel_tol=1e-3), (row.id, row.score_ifd, ref)
+        assert math.isclose(row.ppl_cond, math.exp(row.loss_cond), rel_tol=1e-5)
+
+    passed = scores[scores.score_ifd <= 1]
+    k = int(len(passed) * 0.25)
+    expected = set(passed.sort_values("score_ifd", ascending=False, kind="stable").id[:k])
+    selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in selected} == expected and len(selected) == counts["selected"] == k
+    original = json.loads(src.read_text())[:24]
+    by_text = {(r["instruction"], r["output"]): r for r in original}
+    for r in selected:  # original fields come back intact, plus id and scores
+        assert by_text[(r["instruction"], r["output"])]["input"] == r["input"]
+        assert r["score_ifd"] <= 1 and r["loss_cond"] > 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["select"]["ratio"] == 0.25
+    assert load_config(out / "config.yaml").score.max_length == 160
+
+
+def _write_messy_corpus(d: Path) -> int:
+    d.mkdir()
+    good = [{"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."} for i in range(6)]
+    lines = [json.dumps(r) for r in good]
+    lines += [
+        "{not json",
+        json.dumps({"instruction": "No output here."}),
+        json.dumps({"instruction": "Null output.", "output": None}),
+        json.dumps({"instruction": "Empty response.", "output": "   "}),
+        json.dumps({"instruction": "Long one.", "output": "word " * 200_000}),  # a 1 MB response
+        json.dumps(good[0]),  # a duplicate
+    ]
+    data = "\n".join(lines).encode() + b'\n{"instruction": "bad \xff byte", "output": "x"}\n'
+    (d / "a.jsonl").write_bytes(data)
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist([{"instruction": "From parquet.", "input": "", "output": "Yes."}]),
+                   d / "b.parquet")
+    (d / "c.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": "Hi"},
+                                                            {"from": "gpt", "value": "Hello!"}]}]))
+    return len(lines) + 1 + 1 + 1
+
+
+def test_bad_input_is_counted_and_reported_never_lost(ray_local, tmp_path: Path) -> None:
+    n = _write_messy_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    rc = main(["select", "--input", f"file://{tmp_path}/corpus/*", "--output", str(out),
+               "--backend", "fake", "--k", "3"])
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["read"] == n == c["scored"] + c["rejected_total"]
+    assert c["rejected_input"] == 5 and c["duplicates"] == 1 and c["selected"] <= 3
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == c["rejected_total"]
+    reasons = " | ".join(r["reason"] for r in rejected)
+    for needle in ("JSON", "'output'", "null", "empty", "UTF-8", "duplicate of"):
+        assert needle in reasons, needle
+    assert all(r["source"] for r in rejected)
+    scores = pq.read_table(out / "scores.parquet").to_pandas()
+    long_row = scores[scores.instruction == "Long one."].iloc[0]
+    assert len(long_row.output) == 1_000_000 and long_row.n_answer_tokens > 0  # kept whole, truncated to score
+    assert "From parquet." in set(scores.instruction) and "Hi" in set(scores.instruction)
+
+
+def test_strict_mode_stops_with_file_line_and_field(ray_local, tmp_path: Path, capsys) -> None:
+    _write_messy_corpus(tmp_path / "corpus")
+    rc = main(["select", "--input", str(tmp_path / "corpus" / "a.jsonl"), "--output", str(tmp_path / "run"),
+               "--backend", "fake", "--strict"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "a.jsonl:7" in err and "JSON" in err
+
+
+def test_rerun_skips_completed_steps_with_identical_outputs(ray_local, tmp_path: Path) -> None:
+    src = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
+    args = ["select", "--input", str(src), "--output", str(tmp_path), "--backend", "fake", "--ratio", "0.5"]
+    assert main(args) == 0
+    first = {p: (tmp_path / p).read_bytes() for p in ("selected.jsonl", "rejected.jsonl", "scores.parquet")}
+    assert main(args) == 0
+    timings = json.loads((tmp_path / "manifest.json").read_text())["timings_s"]
+    assert str(timings["score"]).startswith("skipped") and str(timings["ingest"]).startswith("skipped")
+    assert first == {p: (tmp_path / p).read_bytes() for p in first}
+    assert main([*args, "--template", "wiz"]) == 0  # a changed scoring config scores again
+    timings = json.loads((tmp_path / "manifest.json").read_text())["timings_s"]
+    assert isinstance(timings["score"], float) and str(timings["ingest"]).startswith("skipped")
+
+
+def test_score_ifd_writes_scores_only(ray_local, tmp_path: Path) -> None:
+    src = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
+    assert main(["score", "ifd", "--input", str(src), "--output", str(tmp_path), "--backend", "fake"]) == 0
+    table = pq.read_table(tmp_path / "scores.parquet")
+    assert set(REQUIRED) <= set(table.column_names) and S.SELECTED not in table.column_names
+    assert not (tmp_path / "selected.jsonl").exists()
+    assert np.isfinite(table[S.SCORE_IFD].to_numpy()).all()
