@@ -93,21 +93,22 @@ class HfLossScorer:
     def _forward(self, rows: list[list[int]], starts: list[int]) -> list[float]:
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
         b_idx, pos = [], []
         for b, (row, start) in enumerate(zip(rows, starts, strict=True)):
             input_ids[b, : len(row)] = torch.tensor(row)
-            mask[b, : len(row)] = 1
             b_idx += [b] * (len(row) - start)
             pos += range(start - 1, len(row) - 1)  # hidden state at p predicts token p + 1
+        # No attention mask: with right padding, causal attention never lets a real token see a pad (pads
+        # come after it), and positions start at 0 as unpadded. Without a mask SDPA takes its fused causal
+        # kernel; a padding mask forces the slower masked path.
         dev = self.cfg.device
-        input_ids, mask = input_ids.to(dev), mask.to(dev)
+        input_ids = input_ids.to(dev)
         b_t, p_t = torch.tensor(b_idx, device=dev), torch.tensor(pos, device=dev)
         if self._fast:
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            hidden = self.model.base_model(input_ids=input_ids).last_hidden_state
             logits = self.model.get_output_embeddings()(hidden[b_t, p_t])
         else:
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits[b_t, p_t]
+            logits = self.model(input_ids=input_ids).logits[b_t, p_t]
         token_nll = torch.nn.functional.cross_entropy(logits.float(), input_ids[b_t, p_t + 1], reduction="none")
         sums = torch.zeros(len(rows), dtype=torch.float64, device=dev).index_add_(0, b_t, token_nll.double())
         return sums.tolist()
