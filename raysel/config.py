@@ -51,8 +51,9 @@ class ScoreConfig:
     """Token window for the conditioned text; answers are truncated to fit (the paper's max_length)."""
     batch_size: int = 64
     """Rows per Ray Data batch handed to one actor call."""
-    token_budget: int = 8192
-    """hf: padded tokens per forward pass (rows of similar length are packed up to this)."""
+    token_budget: int | None = None
+    """hf: padded tokens per forward pass (rows of similar length are batched up to this). Default:
+    max_length on CPU (measured here: batching long rows is slower on CPU), 32 x max_length on GPU."""
     concurrency: int = 1
     """Scoring actors (each loads the model once)."""
     num_cpus: float = 1.0
@@ -71,6 +72,9 @@ class ScoreConfig:
     """vllm: passed through to vllm.LLM (e.g. tensor_parallel_size, gpu_memory_utilization)."""
 
     def __post_init__(self) -> None:
+        if self.token_budget is None:
+            budget = self.max_length if self.device == "cpu" else 32 * self.max_length
+            object.__setattr__(self, "token_budget", budget)
         for name in ("max_length", "batch_size", "token_budget", "concurrency"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"score.{name} must be positive, got {getattr(self, name)}")
@@ -127,7 +131,18 @@ class RunConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _accepts_str(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts_str(arm) for arm in typing.get_args(tp))
+    if origin is Literal:
+        return any(isinstance(a, str) for a in typing.get_args(tp))
+    return tp is str or tp is Any
+
+
 def _check_type(key: str, value: Any, tp: Any) -> Any:
+    if isinstance(value, str) and not _accepts_str(tp):
+        value = _parse_scalar(value)  # a CLI string such as "0.1", "1e-3", "true" or "null"
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -146,8 +161,8 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             return value
         choices = ", ".join(repr(a) for a in typing.get_args(tp))
         raise ConfigError(f"{key}: {value!r} is not one of {choices}")
-    if isinstance(value, str) and tp is not str and origin is not Literal and tp is not Any:
-        value = _parse_scalar(value)  # a CLI string such as "0.1", "true" or "null"
+    if origin is dict and isinstance(value, dict):  # engine_kwargs from the CLI arrive as strings
+        return {k: _parse_scalar(v) if isinstance(v, str) else v for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     base = origin or tp
@@ -157,6 +172,11 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
 
 
 def _parse_scalar(text: str) -> Any:
+    for number in (int, float):  # YAML 1.1 would leave "1e-3" a string
+        try:
+            return number(text)
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

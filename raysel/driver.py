@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from raysel import __version__
 from raysel import schema as S
 from raysel.config import RunConfig, dump_yaml
-from raysel.io import iter_parquet, read_corpus, write_jsonl, write_parquet_stream
+from raysel.io import expand_input, iter_parquet, read_corpus, write_jsonl, write_parquet_stream
 from raysel.readers import InputError
 from raysel.select.topk import select_top_ifd
 
@@ -106,6 +106,7 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     from raysel.stages.base import apply
     from raysel.stages.score import IfdScoreStage
 
+    files = expand_input(cfg.data.input)  # a wrong --input fails here, before Ray starts
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))  # the resolved config, before any work
@@ -114,7 +115,7 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     data_key = {"data": cfg.data, "version": __version__}
 
     def ingest(path: Path) -> int:
-        return write_parquet_stream(_arrow(read_corpus(cfg.data).map_batches(_compact, batch_format="pyarrow")), path)
+        return write_parquet_stream(_arrow(read_corpus(cfg.data, files).map_batches(_compact, batch_format="pyarrow")), path)
 
     compact = pq.read_table(_step(out, "ingest", data_key, ingest, timings))
     if cfg.data.strict:
@@ -122,7 +123,7 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     dups = find_duplicates(compact) if cfg.data.dedupe else {}
 
     def score(path: Path) -> int:
-        ds = read_corpus(cfg.data).map_batches(_keep, fn_kwargs={"drop": frozenset(dups)}, batch_format="pyarrow")
+        ds = read_corpus(cfg.data, files).map_batches(_keep, fn_kwargs={"drop": frozenset(dups)}, batch_format="pyarrow")
         return write_parquet_stream(_arrow(apply(ds, IfdScoreStage, cfg.score)), path)
 
     scored = _step(out, "score", data_key | {"score": cfg.score}, score, timings)

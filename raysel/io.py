@@ -88,15 +88,17 @@ def _parse_batch(batch: dict[str, Any], columns: ColumnMap, strict: bool) -> pa.
     return pa.Table.from_pylist(rows, schema=S.CANONICAL_SCHEMA)
 
 
-def read_corpus(cfg: DataConfig) -> ray.data.Dataset:
+def read_corpus(cfg: DataConfig, files: list[str] | None = None) -> ray.data.Dataset:
     """A Ray Dataset of canonical rows (rejected rows included, with their reason), in file/line order.
 
     Each file is parsed whole by one task, so line numbers are exact; many shards read in parallel.
+    Reading and parsing take a quarter CPU each: they are light, and whole-CPU reads beside whole-CPU
+    model actors deadlock a 2-CPU machine (shared/notes/ray-data-llm-on-cpu.md, pitfall 2).
     """
     import ray.data
 
-    files = expand_input(cfg.input)
-    ds = ray.data.read_binary_files(files, include_paths=True)
+    files = files if files is not None else expand_input(cfg.input)
+    ds = ray.data.read_binary_files(files, include_paths=True, num_cpus=0.25)
     ds = ds.map_batches(
         _parse_batch,
         # Always lenient in the workers: the driver enforces data.strict on the first bad row in input
@@ -104,6 +106,7 @@ def read_corpus(cfg: DataConfig) -> ray.data.Dataset:
         fn_kwargs={"columns": cfg.columns, "strict": False},
         batch_size=1,
         batch_format="numpy",
+        num_cpus=0.25,
     )
     return ds.limit(cfg.limit) if cfg.limit else ds
 

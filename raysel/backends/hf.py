@@ -24,11 +24,12 @@ def answer_spans(
     texts = [p + r for p, r in zip(prompts, responses, strict=True)]
     # Truncate by hand, keeping the head: tokenizers differ in truncation_side (vLLM's cuts the left).
     ids = [row[:max_length] for row in tokenizer(texts)["input_ids"]]
-    starts = [len(x) for x in tokenizer(list(prompts))["input_ids"]]
+    # Token 0 has nothing before it to predict it: an empty prompt's answer is scored from token 1.
+    starts = [max(1, len(x)) for x in tokenizer(list(prompts))["input_ids"]]
     ends = []
     for i, (row, start) in enumerate(zip(ids, starts, strict=True)):
         end = len(row) if max_answer_tokens is None else min(len(row), start + max(0, max_answer_tokens[i]))
-        ends.append(max(end, max(start, 1)))  # token 0 has no prediction; an empty span scores nothing
+        ends.append(max(end, start))
     return ids, starts, ends
 
 

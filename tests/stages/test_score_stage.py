@@ -155,11 +155,6 @@ def test_hf_max_answer_tokens_and_window_truncation(scorer, tiny_rows) -> None:
     assert over.n_tokens == 0 and over.prompt_tokens == start
 
 
-@pytest.mark.xfail(
-    reason="hf.py answer_spans/_forward: a prompt of 0 tokens keeps start=0, so token 0 (which has no "
-    "prediction) is counted and its 'prediction' is read from position -1 (the row's last position)",
-    strict=True,
-)
 def test_hf_empty_prompt_scores_from_token_1(scorer) -> None:
     import torch
 
@@ -170,7 +165,7 @@ def test_hf_empty_prompt_scores_from_token_1(scorer) -> None:
         logits = scorer.model(input_ids=x).logits[0].float()
     expected = torch.nn.functional.cross_entropy(logits[:-1], x[0, 1:], reduction="sum").item()
     loss = scorer.score([""], [response], max_length=128)[0]
-    assert loss.prompt_tokens == 0
+    assert loss.prompt_tokens == 1  # scoring starts at token 1: token 0 has nothing to predict it
     assert loss.n_tokens == len(ids) - 1  # token 0 has nothing before it to predict it
     assert loss.nll_sum == pytest.approx(expected, abs=1e-4)
 

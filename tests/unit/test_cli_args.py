@@ -126,11 +126,6 @@ def test_main_missing_input_returns_2(tmp_path, capsys, no_ray) -> None:
     assert err.startswith("raysel: error: ") and str(missing) in err and "no such file" in err
 
 
-@pytest.mark.xfail(
-    reason="driver.run calls _init_ray() (and creates the run dir) before read_corpus -> expand_input "
-    "checks that data.input exists, so a mistyped --input starts Ray before failing",
-    strict=True,
-)
 def test_main_missing_input_fails_before_ray(tmp_path, no_ray) -> None:
     out = tmp_path / "run"
     code = cli.main(
