@@ -84,8 +84,14 @@ def _demo(args: argparse.Namespace, extra: list[str]) -> RunConfig:
 
     from raysel.demo_corpus import write_corpus
 
-    values = {"output": args.output, "select.ratio": 0.15, "score.max_length": 256,
-              "score.concurrency": 2, "score.num_cpus": 0.75, "score.batch_size": 16}
+    values = {
+        "output": args.output,
+        "select.ratio": 0.15,
+        "score.max_length": 256,
+        "score.concurrency": 2,
+        "score.num_cpus": 0.75,
+        "score.batch_size": 16,
+    }
     if args.input:
         values["data.input"] = args.input
     else:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from raysel import __version__
 from raysel import schema as S
 from raysel.config import RunConfig, dump_yaml
-from raysel.io import expand_input, iter_parquet, read_corpus, write_jsonl, write_parquet_stream
+from raysel.io import LIGHT_CPUS, expand_input, iter_parquet, read_corpus, write_jsonl, write_parquet_stream
 from raysel.readers import InputError
 from raysel.select.topk import select_top_ifd
 
@@ -33,7 +33,7 @@ class RunResult:
     """What manifest.json holds: config hash, counts, timings, outputs."""
 
 
-def _init_ray() -> None:
+def _init_ray() -> dict[str, Any]:
     """Join RAY_ADDRESS if set, else start a local Ray; keep row order so results are deterministic."""
     import ray
     import ray.data
@@ -42,6 +42,13 @@ def _init_ray() -> None:
         ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return {
+        "address": ray.get_runtime_context().gcs_address,
+        "nodes": len(alive),
+        "cpus": ray.cluster_resources().get("CPU", 0),
+        "gpus": ray.cluster_resources().get("GPU", 0),
+    }
 
 
 def _arrow(ds) -> Iterator[pa.Table]:
@@ -83,8 +90,10 @@ def _raise_first_reject(compact: pa.Table) -> None:
     bad = compact.filter(pc.not_equal(compact[S.REJECT_REASON], ""))
     if bad.num_rows:
         src, why = bad[S.SOURCE][0].as_py(), bad[S.REJECT_REASON][0].as_py()
-        raise InputError(f"{src}: {why} (data.strict is on: fix the row, or drop --strict to set bad rows "
-                         f"aside in rejected.jsonl; {bad.num_rows} bad rows in all)")
+        raise InputError(
+            f"{src}: {why} (data.strict is on: fix the row, or drop --strict to set bad rows "
+            f"aside in rejected.jsonl; {bad.num_rows} bad rows in all)"
+        )
 
 
 def find_duplicates(ingest: pa.Table) -> dict[str, str]:
@@ -110,12 +119,15 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))  # the resolved config, before any work
-    _init_ray()
+    cluster = _init_ray()
     timings: dict[str, Any] = {}
     data_key = {"data": cfg.data, "version": __version__}
 
     def ingest(path: Path) -> int:
-        return write_parquet_stream(_arrow(read_corpus(cfg.data, files).map_batches(_compact, batch_format="pyarrow")), path)
+        return write_parquet_stream(
+            _arrow(read_corpus(cfg.data, files).map_batches(_compact, batch_format="pyarrow", num_cpus=LIGHT_CPUS)),
+            path,
+        )
 
     compact = pq.read_table(_step(out, "ingest", data_key, ingest, timings))
     if cfg.data.strict:
@@ -123,7 +135,9 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     dups = find_duplicates(compact) if cfg.data.dedupe else {}
 
     def score(path: Path) -> int:
-        ds = read_corpus(cfg.data, files).map_batches(_keep, fn_kwargs={"drop": frozenset(dups)}, batch_format="pyarrow")
+        ds = read_corpus(cfg.data, files).map_batches(
+            _keep, fn_kwargs={"drop": frozenset(dups)}, batch_format="pyarrow", num_cpus=LIGHT_CPUS
+        )
         return write_parquet_stream(_arrow(apply(ds, IfdScoreStage, cfg.score)), path)
 
     scored = _step(out, "score", data_key | {"score": cfg.score}, score, timings)
@@ -131,6 +145,7 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     manifest = _finish(cfg, out, compact, dups, scored, select)
     timings["write"] = round(time.perf_counter() - start, 3)
     manifest["timings_s"] = timings
+    manifest["ray"] = cluster
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return RunResult(output=out, manifest=manifest)
 
@@ -198,11 +213,21 @@ def _rejected_rows(compact: pa.Table, dups: dict[str, str], scored: Path) -> Ite
     """Every row set aside: bad input, later copies of duplicates, rows the model could not score."""
     for row in compact.to_pylist():
         if row[S.REJECT_REASON]:
-            yield {"stage": "input", S.SOURCE: row[S.SOURCE], "reason": row[S.REJECT_REASON], S.RAW: row[S.RAW]}
+            yield {
+                "stage": "input",
+                S.SOURCE: row[S.SOURCE],
+                "reason": row[S.REJECT_REASON],
+                S.RAW: row[S.RAW],
+            }
         elif row[S.SOURCE] in dups:
             reason = f"duplicate of {dups[row[S.SOURCE]]}"
             yield {"stage": "dedupe", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": reason}
     for t in iter_parquet(scored, columns=[S.ID, S.SOURCE, S.REJECT_REASON, S.RAW]):
         for row in t.filter(pc.not_equal(t[S.REJECT_REASON], "")).to_pylist():
-            yield {"stage": "score", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": row[S.REJECT_REASON],
-                   S.RAW: row[S.RAW]}
+            yield {
+                "stage": "score",
+                S.SOURCE: row[S.SOURCE],
+                S.ID: row[S.ID],
+                "reason": row[S.REJECT_REASON],
+                S.RAW: row[S.RAW],
+            }

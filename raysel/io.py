@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     import ray.data
 
 EXTENSIONS = (".json", ".jsonl", ".ndjson", ".parquet")
+LIGHT_CPUS = 0.25
+"""CPUs per read/parse/filter task: they are light, and whole-CPU tasks beside whole-CPU model actors
+deadlock a 2-CPU machine (shared/notes/ray-data-llm-on-cpu.md, pitfall 2)."""
 
 
 def _is_uri(path: str) -> bool:
@@ -92,13 +95,11 @@ def read_corpus(cfg: DataConfig, files: list[str] | None = None) -> ray.data.Dat
     """A Ray Dataset of canonical rows (rejected rows included, with their reason), in file/line order.
 
     Each file is parsed whole by one task, so line numbers are exact; many shards read in parallel.
-    Reading and parsing take a quarter CPU each: they are light, and whole-CPU reads beside whole-CPU
-    model actors deadlock a 2-CPU machine (shared/notes/ray-data-llm-on-cpu.md, pitfall 2).
     """
     import ray.data
 
     files = files if files is not None else expand_input(cfg.input)
-    ds = ray.data.read_binary_files(files, include_paths=True, num_cpus=0.25)
+    ds = ray.data.read_binary_files(files, include_paths=True, num_cpus=LIGHT_CPUS)
     ds = ds.map_batches(
         _parse_batch,
         # Always lenient in the workers: the driver enforces data.strict on the first bad row in input
@@ -106,7 +107,7 @@ def read_corpus(cfg: DataConfig, files: list[str] | None = None) -> ray.data.Dat
         fn_kwargs={"columns": cfg.columns, "strict": False},
         batch_size=1,
         batch_format="numpy",
-        num_cpus=0.25,
+        num_cpus=LIGHT_CPUS,
     )
     return ds.limit(cfg.limit) if cfg.limit else ds
 

@@ -21,9 +21,7 @@ DIRECT_PREFIX = "### Response:"
 """The answer-alone text is DIRECT_PREFIX + output, whatever the template (as in the IFD code)."""
 
 
-def build_prompt(
-    template: Template, instruction: str, input: str, chat: Callable[[str], str] | None = None
-) -> str:
+def build_prompt(template: Template, instruction: str, input: str, chat: Callable[[str], str] | None = None) -> str:
     """The text before the answer; the conditioned text is this + output.
 
     Args:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from raysel import schema as S
 from raysel.cli import main
@@ -43,8 +42,14 @@ def _reference_ifd(tok, model, instruction: str, inp: str, output: str, max_leng
 def test_select_real_model_matches_paper_formula(shared_data: Path, ray_local, tmp_path: Path) -> None:
     src = shared_data / "alpaca_gpt4_1k.json"
     out = tmp_path / "run"
-    overrides = {"data.input": str(src), "output": str(out), "data.limit": 20, "score.max_length": 160,
-                 "score.threads": 2, "select.ratio": 0.25}
+    overrides = {
+        "data.input": str(src),
+        "output": str(out),
+        "data.limit": 20,
+        "score.max_length": 160,
+        "score.threads": 2,
+        "select.ratio": 0.25,
+    }
     result = run(load_config(None, overrides))
     counts = result.manifest["counts"]
     scores = pq.read_table(out / "scores.parquet").to_pandas()
@@ -92,18 +97,32 @@ def _write_messy_corpus(d: Path) -> int:
     (d / "a.jsonl").write_bytes(data)
     import pyarrow as pa
 
-    pq.write_table(pa.Table.from_pylist([{"instruction": "From parquet.", "input": "", "output": "Yes."}]),
-                   d / "b.parquet")
-    (d / "c.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": "Hi"},
-                                                            {"from": "gpt", "value": "Hello!"}]}]))
+    pq.write_table(
+        pa.Table.from_pylist([{"instruction": "From parquet.", "input": "", "output": "Yes."}]),
+        d / "b.parquet",
+    )
+    (d / "c.json").write_text(
+        json.dumps([{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}])
+    )
     return len(lines) + 1 + 1 + 1
 
 
 def test_bad_input_is_counted_and_reported_never_lost(ray_local, tmp_path: Path) -> None:
     n = _write_messy_corpus(tmp_path / "corpus")
     out = tmp_path / "run"
-    rc = main(["select", "--input", f"file://{tmp_path}/corpus/*", "--output", str(out),
-               "--backend", "fake", "--k", "3"])
+    rc = main(
+        [
+            "select",
+            "--input",
+            f"file://{tmp_path}/corpus/*",
+            "--output",
+            str(out),
+            "--backend",
+            "fake",
+            "--k",
+            "3",
+        ]
+    )
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
@@ -123,8 +142,18 @@ def test_bad_input_is_counted_and_reported_never_lost(ray_local, tmp_path: Path)
 
 def test_strict_mode_stops_with_file_line_and_field(ray_local, tmp_path: Path, capsys) -> None:
     _write_messy_corpus(tmp_path / "corpus")
-    rc = main(["select", "--input", str(tmp_path / "corpus" / "a.jsonl"), "--output", str(tmp_path / "run"),
-               "--backend", "fake", "--strict"])
+    rc = main(
+        [
+            "select",
+            "--input",
+            str(tmp_path / "corpus" / "a.jsonl"),
+            "--output",
+            str(tmp_path / "run"),
+            "--backend",
+            "fake",
+            "--strict",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "a.jsonl:7" in err and "JSON" in err
 

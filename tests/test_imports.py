@@ -12,9 +12,7 @@ HEAVY = ("torch", "transformers", "vllm", "ray")
 
 def _loaded_after(imports: str) -> list[str]:
     code = f"import {imports}; import sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     return eval(proc.stdout.strip().splitlines()[-1])  # a printed list of str
 
 

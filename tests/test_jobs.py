@@ -32,6 +32,4 @@ def test_job_header(path: Path) -> None:
         if not line.startswith("#"):
             break
         header.append(line)
-    assert any("raysel" in line for line in header), (
-        f"{path.name}: the header must give the raysel launch command"
-    )
+    assert any("raysel" in line for line in header), f"{path.name}: the header must give the raysel launch command"

@@ -19,8 +19,12 @@ pytestmark = [
 
 
 def test_vllm_scores_agree_with_hf(shared_data: Path, ray_local, tmp_path: Path) -> None:
-    base = {"data.input": str(shared_data / "alpaca_gpt4_1k.json"), "data.limit": 10,
-            "score.max_length": 128, "score.threads": 2}
+    base = {
+        "data.input": str(shared_data / "alpaca_gpt4_1k.json"),
+        "data.limit": 10,
+        "score.max_length": 128,
+        "score.threads": 2,
+    }
     tables = {}
     for backend in ("hf", "vllm"):
         cfg = load_config(None, base | {"output": str(tmp_path / backend), "score.backend": backend})

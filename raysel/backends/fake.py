@@ -49,5 +49,3 @@ class FakeLossScorer:
                 context += " " + tok
             out.append(TokenLoss(nll_sum=total, n_tokens=len(answer), prompt_tokens=n_prompt))
         return out
-
-

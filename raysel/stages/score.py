@@ -56,9 +56,7 @@ class IfdScoreStage:
         ]
         cond = self.scorer.score(prompts, outputs, max_length=cfg.max_length)
         budgets = [direct_budget(c, cfg.max_length) for c in cond]
-        direct = self.scorer.score(
-            [DIRECT_PREFIX] * n, outputs, max_length=cfg.max_length, max_answer_tokens=budgets
-        )
+        direct = self.scorer.score([DIRECT_PREFIX] * n, outputs, max_length=cfg.max_length, max_answer_tokens=budgets)
         scores = [ifd_score(c, d, cfg.max_length) for c, d in zip(cond, direct, strict=True)]
         out = dict(batch)
         for col, attr in (

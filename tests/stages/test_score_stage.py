@@ -71,9 +71,7 @@ def test_fake_answer_truncated_to_window_in_both_texts() -> None:
     out = stage(_batch(rows))
     # wiz prompt "a b\n\n### Response:" is 4 whitespace tokens: 12 answer tokens fit the window
     assert out[S.PROMPT_TOKENS][0] == 4 and out[S.N_ANSWER_TOKENS][0] == 12
-    direct = stage.scorer.score([DIRECT_PREFIX], [rows[0]["output"]], max_length=16, max_answer_tokens=[12])[
-        0
-    ]
+    direct = stage.scorer.score([DIRECT_PREFIX], [rows[0]["output"]], max_length=16, max_answer_tokens=[12])[0]
     assert direct.n_tokens == 12
     assert out[S.LOSS_DIRECT][0] == pytest.approx(direct.nll_sum / 12, rel=1e-6)
 
@@ -132,9 +130,7 @@ def test_hf_batch_invariance(tiny_hf_model, scorer, tiny_rows) -> None:
     packed_small = small.score(prompts, responses, max_length=128)
     one_by_one = [scorer.score([p], [r], max_length=128)[0] for p, r in zip(prompts, responses, strict=True)]
     for a, b, c in zip(together, packed_small, one_by_one, strict=True):
-        assert (
-            a.n_tokens == b.n_tokens == c.n_tokens and a.prompt_tokens == b.prompt_tokens == c.prompt_tokens
-        )
+        assert a.n_tokens == b.n_tokens == c.n_tokens and a.prompt_tokens == b.prompt_tokens == c.prompt_tokens
         assert b.nll_sum / b.n_tokens == pytest.approx(a.nll_sum / a.n_tokens, abs=1e-4)
         assert c.nll_sum / c.n_tokens == pytest.approx(a.nll_sum / a.n_tokens, abs=1e-4)
 
@@ -186,9 +182,7 @@ def test_hf_stage_end_to_end(tiny_hf_model, scorer, tiny_rows) -> None:
 
 def test_hf_chat_template_path(tiny_hf_model, scorer, tiny_rows) -> None:
     rows = [r for r in tiny_rows if r["input"]][:2] + [r for r in tiny_rows if not r["input"]][:2]
-    out = IfdScoreStage(ScoreConfig(backend="hf", model=tiny_hf_model, template="chat", max_length=128))(
-        _batch(rows)
-    )
+    out = IfdScoreStage(ScoreConfig(backend="hf", model=tiny_hf_model, template="chat", max_length=128))(_batch(rows))
     assert (out[S.REJECT_REASON] == "").all()
     for i, r in enumerate(rows):
         user = r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")

@@ -118,9 +118,7 @@ def test_main_unknown_key_returns_2(tmp_path, capsys, no_ray) -> None:
 
 def test_main_missing_input_returns_2(tmp_path, capsys, no_ray) -> None:
     missing = tmp_path / "nope.jsonl"
-    code = cli.main(
-        ["select", "--input", str(missing), "--output", str(tmp_path / "run"), "--backend", "fake"]
-    )
+    code = cli.main(["select", "--input", str(missing), "--output", str(tmp_path / "run"), "--backend", "fake"])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("raysel: error: ") and str(missing) in err and "no such file" in err
@@ -128,8 +126,6 @@ def test_main_missing_input_returns_2(tmp_path, capsys, no_ray) -> None:
 
 def test_main_missing_input_fails_before_ray(tmp_path, no_ray) -> None:
     out = tmp_path / "run"
-    code = cli.main(
-        ["select", "--input", str(tmp_path / "nope.jsonl"), "--output", str(out), "--backend", "fake"]
-    )
+    code = cli.main(["select", "--input", str(tmp_path / "nope.jsonl"), "--output", str(out), "--backend", "fake"])
     assert code == 2
     assert no_ray == [], "Ray was started for a run whose input does not exist"

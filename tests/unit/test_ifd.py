@@ -63,8 +63,6 @@ def test_zero_direct_loss_is_undefined() -> None:
     assert _unscored(s) and "zero loss" in s.reject_reason
 
 
-@pytest.mark.parametrize(
-    ("max_length", "prompt", "budget"), [(512, 20, 492), (64, 64, 0), (64, 80, 0), (16, 1, 15)]
-)
+@pytest.mark.parametrize(("max_length", "prompt", "budget"), [(512, 20, 492), (64, 64, 0), (64, 80, 0), (16, 1, 15)])
 def test_direct_budget(max_length: int, prompt: int, budget: int) -> None:
     assert direct_budget(TokenLoss(1.0, 3, prompt), max_length) == budget

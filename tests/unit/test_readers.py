@@ -237,13 +237,8 @@ def test_ids_differ_for_different_content() -> None:
 
 
 def test_same_content_same_id_across_formats() -> None:
-    sharegpt = {
-        "conversations": [{"from": "user", "value": "Say hi."}, {"from": "assistant", "value": "Hi!"}]
-    }
-    assert (
-        _one("f.jsonl", _jsonl(sharegpt))[schema.ID]
-        == _one("f.json", json.dumps([ALPACA]).encode())[schema.ID]
-    )
+    sharegpt = {"conversations": [{"from": "user", "value": "Say hi."}, {"from": "assistant", "value": "Hi!"}]}
+    assert _one("f.jsonl", _jsonl(sharegpt))[schema.ID] == _one("f.json", json.dumps([ALPACA]).encode())[schema.ID]
 
 
 # --- rejections ----------------------------------------------------------------------------------
@@ -253,13 +248,9 @@ REJECTS = [
     pytest.param(b'{"instruction": "Q?", "input": ""}', "output", "is missing", id="missing-field"),
     pytest.param(b'{"instruction": null, "output": "A."}', "instruction", "is null", id="null-field"),
     pytest.param(b'{"instruction": "Q?", "output": 42}', "output", "is a number", id="numeric-field"),
-    pytest.param(
-        b'{"instruction": "Q\xff\xfe?", "output": "A."}', None, "not valid UTF-8 at byte", id="non-utf8"
-    ),
+    pytest.param(b'{"instruction": "Q\xff\xfe?", "output": "A."}', None, "not valid UTF-8 at byte", id="non-utf8"),
     pytest.param(b'{"instruction": "Q?", "output": ""}', "output", "empty response", id="empty-response"),
-    pytest.param(
-        b'{"instruction": " \\t\\n ", "output": "A."}', "instruction", "empty instruction", id="blank-instr"
-    ),
+    pytest.param(b'{"instruction": " \\t\\n ", "output": "A."}', "instruction", "empty instruction", id="blank-instr"),
     pytest.param(b'["Q?", "A."]', None, "expected a JSON object", id="non-object"),
     pytest.param(
         b'{"conversations": [{"from": "human", "value": "Q?"}]}',
