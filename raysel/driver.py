@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 from raysel import __version__
 from raysel import schema as S
-from raysel.config import RunConfig, dump_yaml
+from raysel.config import RunConfig, ScoreConfig, dump_yaml
 from raysel.io import LIGHT_CPUS, expand_input, iter_parquet, read_corpus, write_jsonl, write_parquet_stream
 from raysel.readers import InputError
 from raysel.select.topk import select_top_ifd
@@ -110,6 +111,14 @@ def find_duplicates(ingest: pa.Table) -> dict[str, str]:
     return dups
 
 
+# Fields that change how fast scoring runs, never its results: changing them does not redo a finished step.
+_RESOURCE_FIELDS = ("batch_size", "token_budget", "concurrency", "num_cpus", "num_gpus", "threads")
+
+
+def _scoring_identity(score: ScoreConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(score).items() if k not in _RESOURCE_FIELDS}
+
+
 def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     """Score (and with select=True, select) cfg.data.input into the run directory cfg.output."""
     from raysel.stages.base import apply
@@ -140,7 +149,7 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
         )
         return write_parquet_stream(_arrow(apply(ds, IfdScoreStage, cfg.score)), path)
 
-    scored = _step(out, "score", data_key | {"score": cfg.score}, score, timings)
+    scored = _step(out, "score", data_key | {"score": _scoring_identity(cfg.score)}, score, timings)
     start = time.perf_counter()
     manifest = _finish(cfg, out, compact, dups, scored, select)
     timings["write"] = round(time.perf_counter() - start, 3)
@@ -192,7 +201,7 @@ def _write_scores(scored: Path, dest: Path, sel) -> None:
                 part = slice(offset, offset + t.num_rows)
                 t = t.append_column(S.SELECTED, pa.array(sel.selected[part]))
                 t = t.append_column(S.SELECT_REASON, pa.array(sel.reason[part].tolist(), pa.string()))
-                t = t.append_column("rank_ifd", pa.array(sel.rank[part]))
+                t = t.append_column(S.RANK_IFD, pa.array(sel.rank[part]))
             offset += t.num_rows
             yield t
 

@@ -28,6 +28,8 @@ SCORE_IFD = "score_ifd"
 N_ANSWER_TOKENS = "n_answer_tokens"
 PROMPT_TOKENS = "prompt_tokens"
 SELECTED = "selected"
+RANK_IFD = "rank_ifd"
+"""1-based rank by IFD among rows with IFD <= 1 (0 for the others)."""
 SELECT_REASON = "select_reason"
 """Why a scored row was or was not selected (e.g. ``top_k``, ``ifd_above_1``, ``below_cutoff``)."""
 

@@ -62,6 +62,7 @@ def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Da
             f"{stage_cls.__name__} needs columns {missing} that the dataset lacks (it has {sorted(names)})"
         )
     spec = stage_cls.spec(cfg)
+    ds = _split_blocks(ds, spec.batch_size)
     return ds.map_batches(
         stage_cls,
         fn_constructor_kwargs={"cfg": cfg},
@@ -71,3 +72,20 @@ def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Da
         num_cpus=spec.num_cpus,
         num_gpus=spec.num_gpus,
     )
+
+
+def _split_blocks(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
+    """Stream the rows into blocks of one batch each, so every actor of the pool gets work.
+
+    A file parses into one block, which would otherwise go to a single actor while the pool idles.
+    Ray's streaming repartition asks 1 CPU per task and takes no resource argument; beside whole-CPU
+    actors on a small machine that deadlocks (shared/notes/ray-data-llm-on-cpu.md, pitfall 2), so its
+    logical operator is given the light tasks' share. Workaround in this one place until Ray exposes it.
+    """
+    from raysel.io import LIGHT_CPUS
+
+    ds = ds.repartition(target_num_rows_per_block=rows)
+    op = getattr(getattr(ds, "_logical_plan", None), "dag", None)
+    if isinstance(getattr(op, "ray_remote_args", None), dict):
+        op.ray_remote_args["num_cpus"] = LIGHT_CPUS
+    return ds
