@@ -85,6 +85,7 @@ def ray_pipeline(args: argparse.Namespace, out: Path) -> tuple[np.ndarray, float
         "data.limit": args.rows,
         "output": str(out),
         "score.max_length": args.max_length,
+        "score.batch_size": args.batch_size,
         "score.concurrency": args.actors,
         "score.num_cpus": 0.75,
         "score.threads": max(1, args.threads // args.actors),
@@ -104,6 +105,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--actors", type=int, default=2, help="Ray Data scoring actors for the pipeline run")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per actor call (and per block) in the pipeline")
     args = p.parse_args()
     if not DATA.is_file():
         sys.exit(f"skipped: {DATA} is absent")
@@ -151,6 +153,7 @@ def main() -> None:
     }
     result["raysel_ray_data"] = {
         "actors": args.actors,
+        "batch_size": args.batch_size,
         "rows_s": round(n / ray_s, 2),
         "tok_s": round(tokens / ray_s, 1),
         "speedup": round(base_s / ray_s, 2),

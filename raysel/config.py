@@ -65,7 +65,8 @@ class ScoreConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype."""
     quantize: Literal["none", "int8"] = "none"
-    """hf on CPU: "int8" applies torch dynamic int8 quantization to Linear layers (faster, near-identical ranks)."""
+    """hf on CPU: "int8" = torch dynamic int8 quantization of the Linear layers. Faster, but measured on
+    SmolLM2-135M it reorders rows (Spearman 0.63 vs fp32, benchmarks/RESULTS.md): check it on your model."""
     threads: int | None = None
     """hf on CPU: torch threads per actor; default num_cpus rounded up."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)

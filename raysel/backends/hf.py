@@ -10,27 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raysel.backends.base import TokenLoss
 from raysel.backends.models import resolve_model
+from raysel.backends.spans import answer_spans, render_chat, token_losses
 from raysel.config import ScoreConfig
-
-
-def answer_spans(
-    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int, max_answer_tokens
-) -> tuple[list[list[int]], list[int], list[int]]:
-    """Token ids of each whole text (truncated to max_length), where its answer starts, and where scoring ends.
-
-    The answer starts at len(encode(prompt)), as the IFD code counts it (text[:text.rfind(output)] is the
-    prompt, since the text ends with the output); at most max_answer_tokens[i] answer tokens are kept.
-    """
-    texts = [p + r for p, r in zip(prompts, responses, strict=True)]
-    # Truncate by hand, keeping the head: tokenizers differ in truncation_side (vLLM's cuts the left).
-    ids = [row[:max_length] for row in tokenizer(texts)["input_ids"]]
-    # Token 0 has nothing before it to predict it: an empty prompt's answer is scored from token 1.
-    starts = [max(1, len(x)) for x in tokenizer(list(prompts))["input_ids"]]
-    ends = []
-    for i, (row, start) in enumerate(zip(ids, starts, strict=True)):
-        end = len(row) if max_answer_tokens is None else min(len(row), start + max(0, max_answer_tokens[i]))
-        ends.append(max(end, start))
-    return ids, starts, ends
 
 
 def pack_by_length(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
@@ -66,8 +47,7 @@ class HfLossScorer:
         self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
 
     def chat_prompt(self, user: str, system: str | None = None) -> str:
-        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, user, system)
 
     def score(
         self,
@@ -85,10 +65,7 @@ class HfLossScorer:
             sums = self._forward([ids[i][: ends[i]] for i in rows], [starts[i] for i in rows])
             for i, s in zip(rows, sums, strict=True):
                 nll[i] = s
-        return [
-            TokenLoss(nll_sum=nll[i], n_tokens=max(0, ends[i] - starts[i]), prompt_tokens=starts[i])
-            for i in range(len(ids))
-        ]
+        return token_losses(nll, starts, ends)
 
     @torch.inference_mode()
     def _forward(self, rows: list[list[int]], starts: list[int]) -> list[float]:

@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 
 from raysel.backends.base import TokenLoss
-from raysel.backends.hf import answer_spans
 from raysel.backends.models import resolve_model
+from raysel.backends.spans import answer_spans, render_chat, token_losses
 from raysel.config import ScoreConfig
 
 
@@ -34,8 +34,7 @@ class VllmLossScorer:
         self.cfg = cfg
 
     def chat_prompt(self, user: str, system: str | None = None) -> str:
-        turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, user, system)
 
     def score(
         self,
@@ -56,7 +55,4 @@ class VllmLossScorer:
             lp = res.prompt_logprobs
             row = ids[i]
             nll[i] = -sum(lp[p][row[p]].logprob for p in range(starts[i], ends[i]))
-        return [
-            TokenLoss(nll_sum=nll[i], n_tokens=max(0, ends[i] - starts[i]), prompt_tokens=starts[i])
-            for i in range(len(ids))
-        ]
+        return token_losses(nll, starts, ends)
