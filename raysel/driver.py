@@ -87,6 +87,10 @@ def _keep(batch: pa.Table, drop: frozenset[str]) -> pa.Table:
     return batch.filter(pc.and_(good, pc.invert(dup)))
 
 
+def _count_rejected(compact: pa.Table) -> int:
+    return compact.num_rows - pc.sum(pc.equal(compact[S.REJECT_REASON], "")).as_py() if compact.num_rows else 0
+
+
 def _raise_first_reject(compact: pa.Table) -> None:
     bad = compact.filter(pc.not_equal(compact[S.REJECT_REASON], ""))
     if bad.num_rows:
@@ -136,6 +140,7 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
         return write_parquet_stream(
             _arrow(read_corpus(cfg.data, files).map_batches(_compact, batch_format="pyarrow", num_cpus=LIGHT_CPUS)),
             path,
+            S.COMPACT_SCHEMA,
         )
 
     compact = pq.read_table(_step(out, "ingest", data_key, ingest, timings))
@@ -147,7 +152,9 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
         ds = read_corpus(cfg.data, files).map_batches(
             _keep, fn_kwargs={"drop": frozenset(dups)}, batch_format="pyarrow", num_cpus=LIGHT_CPUS
         )
-        return write_parquet_stream(_arrow(apply(ds, IfdScoreStage, cfg.score)), path)
+        if compact.num_rows - len(dups) - _count_rejected(compact) == 0:  # nothing to score: no model start
+            return write_parquet_stream([], path, S.SCORED_SCHEMA)
+        return write_parquet_stream(_arrow(apply(ds, IfdScoreStage, cfg.score)), path, S.SCORED_SCHEMA)
 
     scored = _step(out, "score", data_key | {"score": _scoring_identity(cfg.score)}, score, timings)
     start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -112,12 +113,21 @@ def read_corpus(cfg: DataConfig, files: list[str] | None = None) -> ray.data.Dat
     return ds.limit(cfg.limit) if cfg.limit else ds
 
 
-def write_parquet_stream(batches: Iterable[pa.Table], path: Path) -> int:
-    """Stream tables into one Parquet file (written to a temp name, renamed when complete); returns rows."""
+def write_parquet_stream(batches: Iterable[pa.Table], path: Path, empty_schema: pa.Schema | None = None) -> int:
+    """Stream tables into one Parquet file (written to a temp name, renamed when complete); returns rows.
+
+    With no tables at all (an empty corpus), an empty file with `empty_schema` is written.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     writer, rows = None, 0
+    if empty_schema is not None:
+        batches = itertools.chain(batches, [None])
     try:
         for table in batches:
+            if table is None:  # the end of a stream that may have been empty
+                table = None if writer is not None else empty_schema.empty_table()
+                if table is None:
+                    break
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)
             elif table.schema != writer.schema:  # e.g. a batch whose string column arrived as large_string
@@ -136,6 +146,8 @@ def write_parquet_stream(batches: Iterable[pa.Table], path: Path) -> int:
 def iter_parquet(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """A Parquet file's rows in order, in record batches of bounded size."""
     with pq.ParquetFile(path) as f:
+        if f.metadata.num_rows == 0:  # still one (empty) table, so callers see the columns
+            yield f.schema_arrow.empty_table() if columns is None else f.read(columns=columns)
         for rb in f.iter_batches(batch_size=4096, columns=columns):
             yield pa.Table.from_batches([rb])
 

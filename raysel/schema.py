@@ -65,3 +65,19 @@ def row_id(instruction: str, input: str, output: str) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
+
+
+COMPACT_SCHEMA = pa.schema([(ID, pa.string()), (SOURCE, pa.string()), (REJECT_REASON, pa.string()), (RAW, pa.string())])
+"""The ingest summary the driver keeps: no text but the raw record of rejected rows."""
+
+SCORED_SCHEMA = CANONICAL_SCHEMA
+for _name, _type in (
+    (LOSS_COND, pa.float32()),
+    (LOSS_DIRECT, pa.float32()),
+    (SCORE_IFD, pa.float32()),
+    (PPL_COND, pa.float32()),
+    (PPL_DIRECT, pa.float32()),
+    (N_ANSWER_TOKENS, pa.int32()),
+    (PROMPT_TOKENS, pa.int32()),
+):
+    SCORED_SCHEMA = SCORED_SCHEMA.append(pa.field(_name, _type))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from raysel import schema as S
 from raysel.cli import main
@@ -182,3 +183,16 @@ def test_score_ifd_writes_scores_only(ray_local, tmp_path: Path) -> None:
     assert set(REQUIRED) <= set(table.column_names) and S.SELECTED not in table.column_names
     assert not (tmp_path / "selected.jsonl").exists()
     assert np.isfinite(table[S.SCORE_IFD].to_numpy()).all()
+
+
+@pytest.mark.parametrize("content", [b"", b"{broken\n" + json.dumps({"instruction": "x", "output": ""}).encode()])
+def test_corpus_with_nothing_to_score_still_reports(ray_local, tmp_path: Path, content: bytes) -> None:
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(content)
+    out = tmp_path / "run"
+    assert main(["select", "--input", str(src), "--output", str(out), "--backend", "fake"]) == 0
+    c = json.loads((out / "manifest.json").read_text())["counts"]
+    n_lines = len(content.splitlines())
+    assert c["read"] == c["rejected_total"] == n_lines and c["scored"] == c["selected"] == 0
+    assert pq.read_table(out / "scores.parquet").num_rows == 0
+    assert len((out / "rejected.jsonl").read_text().splitlines()) == n_lines
