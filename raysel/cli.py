@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """Shortcut flags plus any `--section.field value` pairs, as dotted config keys."""
     values = {SHORTCUTS[k]: v for k, v in vars(args).items() if k in SHORTCUTS and v is not None}
+    for key, other in (("select.k", "select.ratio"), ("select.ratio", "select.k")):
+        if key in values and other not in values:
+            values[other] = None  # --k on a job file that sets a ratio (or the reverse) replaces it
     if getattr(args, "strict", False):
         values["data.strict"] = True
     it = iter(extra)

@@ -113,7 +113,7 @@ class RunConfig:
     output: str = ""
     """Run directory: config.yaml, manifest.json, scores.parquet, selected.jsonl, rejected.jsonl."""
     seed: int = 0
-    """Seed for everything random."""
+    """Seed for the random parts of a method (IFD scoring and selection have none: they are deterministic)."""
     data: DataConfig = field(default_factory=DataConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     select: SelectConfig = field(default_factory=SelectConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections import Counter
@@ -19,7 +20,15 @@ import pyarrow.parquet as pq
 from raysel import __version__
 from raysel import schema as S
 from raysel.config import RunConfig, ScoreConfig, dump_yaml
-from raysel.io import LIGHT_CPUS, expand_input, iter_parquet, read_corpus, write_jsonl, write_parquet_stream
+from raysel.io import (
+    LIGHT_CPUS,
+    expand_input,
+    fingerprint,
+    iter_parquet,
+    read_corpus,
+    write_jsonl,
+    write_parquet_stream,
+)
 from raysel.readers import InputError
 from raysel.select.topk import select_top_ifd
 
@@ -115,6 +124,14 @@ def find_duplicates(ingest: pa.Table) -> dict[str, str]:
     return dups
 
 
+def _code_hash() -> str:
+    """Hash of raysel's own source: a completed step is reused only by the code that made it."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 # Fields that change how fast scoring runs, never its results: changing them does not redo a finished step.
 _RESOURCE_FIELDS = ("batch_size", "token_budget", "concurrency", "num_cpus", "num_gpus", "threads")
 
@@ -131,10 +148,12 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     files = expand_input(cfg.data.input)  # a wrong --input fails here, before Ray starts
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("manifest.json", "selected.jsonl"):  # outputs of an earlier run must not pass for this one's
+        (out / stale).unlink(missing_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))  # the resolved config, before any work
     cluster = _init_ray()
     timings: dict[str, Any] = {}
-    data_key = {"data": cfg.data, "version": __version__}
+    data_key = {"data": cfg.data, "files": fingerprint(files), "code": _code_hash()}
 
     def ingest(path: Path) -> int:
         return write_parquet_stream(
@@ -188,7 +207,8 @@ def _finish(cfg: RunConfig, out: Path, compact: pa.Table, dups: dict[str, str], 
         "rejected_total": rejected,
     }
     # Nothing is lost: every row read is either scored or in rejected.jsonl, with its reason.
-    assert counts["read"] == counts["rejected_total"] + counts["scored"], counts
+    if counts["read"] != counts["rejected_total"] + counts["scored"]:
+        raise RuntimeError(f"row accounting does not add up (a raysel bug, please report it): {counts}")
     return {
         "raysel_version": __version__,
         "config_hash": cfg.hash(),
@@ -222,7 +242,10 @@ def _selected_rows(scored: Path, selected: np.ndarray) -> Iterator[dict[str, Any
         mask = selected[offset : offset + t.num_rows]
         offset += t.num_rows
         for row in t.filter(pa.array(mask)).to_pylist():
-            yield json.loads(row.pop(S.RAW)) | row
+            original = json.loads(row.pop(S.RAW))
+            if S.ID in original and original[S.ID] != row[S.ID]:  # keep the corpus's own id too
+                original["source_id"] = original.pop(S.ID)
+            yield original | row
 
 
 def _rejected_rows(compact: pa.Table, dups: dict[str, str], scored: Path) -> Iterator[dict[str, Any]]:

@@ -46,6 +46,8 @@ def ifd_score(cond: TokenLoss, direct: TokenLoss, max_length: int) -> IfdScore:
         reason = "no answer tokens to score"
     elif direct.nll_sum == 0.0:
         reason = "answer alone has zero loss: IFD undefined"
+    elif not (math.isfinite(cond.nll_sum) and math.isfinite(direct.nll_sum)):
+        reason = "the model gave a non-finite loss (overflow or a zero-probability token)"
     if reason:
         return IfdScore(nan, nan, nan, nan, nan, cond.n_tokens, cond.prompt_tokens, reason)
     loss_cond = cond.nll_sum / cond.n_tokens

@@ -7,6 +7,7 @@ import glob
 import io
 import itertools
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,14 +52,31 @@ def expand_input(path: str) -> list[str]:
     return files
 
 
+def fingerprint(files: list[str]) -> list[tuple[str, int, float]]:
+    """(path, size, mtime) of each input file: a completed step is reused only for unchanged inputs."""
+    from pyarrow import fs as pafs
+
+    out = []
+    for f in files:
+        filesystem, path = pafs.FileSystem.from_uri(f) if _is_uri(f) else (pafs.LocalFileSystem(), os.path.abspath(f))
+        info = filesystem.get_file_info(path)
+        out.append((f, info.size or 0, info.mtime.timestamp() if info.mtime else 0.0))
+    return out
+
+
 def _expand_remote(uri: str) -> list[str]:
     from pyarrow import fs as pafs
 
     scheme = uri.split("://", 1)[0]
     pattern = next((i for i, c in enumerate(uri) if c in "*?["), None)
     root = uri if pattern is None else uri[: uri.rfind("/", 0, pattern)]
-    filesystem, base = pafs.FileSystem.from_uri(root)
-    info = filesystem.get_file_info(base)
+    try:
+        filesystem, base = pafs.FileSystem.from_uri(root)
+        info = filesystem.get_file_info(base)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{uri}: cannot list it ({e}); check data.input and the storage credentials") from None
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"{uri}: not found; check data.input (--input)")
     if info.type == pafs.FileType.File:
         return [uri]
     infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True))
@@ -157,7 +175,21 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:
     tmp, n = path.with_name(f".{path.name}.tmp"), 0
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            try:
+                line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+            except ValueError:  # NaN/inf in an original record: JSON has no such number, write null
+                line = json.dumps(_finite(row), ensure_ascii=False, allow_nan=False)
+            f.write(line + "\n")
             n += 1
     tmp.replace(path)
     return n
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

@@ -50,9 +50,9 @@ def print_summary(result: RunResult, *, demo: bool = False) -> None:
 
 def _print_top(out: Path, n: int = 3) -> None:
     """The highest-IFD selected rows: what the model found hardest to answer without its instruction."""
-    if not (out / "selected.jsonl").exists():
+    cols = [S.INSTRUCTION, S.SCORE_IFD, S.SELECTED]
+    if not (out / "selected.jsonl").exists() or not set(cols) <= set(pq.read_schema(out / "scores.parquet").names):
         return
-    rows = [json.loads(line) for line in (out / "selected.jsonl").read_text(encoding="utf-8").splitlines()]
-    rows.sort(key=lambda r: -r[S.SCORE_IFD])
-    for r in rows[:n]:
+    rows = [r for r in pq.read_table(out / "scores.parquet", columns=cols).to_pylist() if r[S.SELECTED]]
+    for r in sorted(rows, key=lambda r: -r[S.SCORE_IFD])[:n]:
         print(f"  top pick, IFD {r[S.SCORE_IFD]:.3f}: {r[S.INSTRUCTION][:90]!r}")

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 BIN = Path(sys.executable).parent
+# A throwaway loopback cluster: no usage stats, and no token auth (Ray 2.60 turns it on for `ray start`).
+ENV = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 TINY = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
 
 
@@ -31,7 +35,7 @@ def _start(args: list[str], tmp: Path, name: str) -> subprocess.Popen:
         stdout=log,
         stderr=log,
         start_new_session=True,
-        env=os.environ | {"RAY_USAGE_STATS_ENABLED": "0"},
+        env=ENV,
     )
 
 
@@ -43,11 +47,26 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _wait_until_up(head: subprocess.Popen, address: str, log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"the Ray head exited:\n{log.read_text()[-3000:]}")
+        status = subprocess.run(
+            [str(BIN / "ray"), "status", f"--address={address}"], capture_output=True, timeout=60, env=ENV
+        )
+        if status.returncode == 0:
+            return
+        time.sleep(2)
+    pytest.fail(f"the Ray head did not come up in 90 s:\n{log.read_text()[-3000:]}")
+
+
 @pytest.fixture
 def loopback_cluster(tmp_path: Path):
     port = _free_port()
-    tmp = tmp_path / "ray"
-    tmp.mkdir()
+    address = f"127.0.0.1:{port}"
+    # Ray's socket paths must fit in 107 bytes: pytest's tmp_path is too deep for its temp dir.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rsl-", dir="/tmp"))
     head = _start(
         [
             "--head",
@@ -55,25 +74,34 @@ def loopback_cluster(tmp_path: Path):
             f"--port={port}",
             "--num-cpus=1",
             "--include-dashboard=false",
-            f"--temp-dir={tmp}",
+            f"--temp-dir={ray_tmp}",
         ],
         tmp_path,
         "head",
     )
     procs = [head]
     try:
-        time.sleep(6)
-        procs.append(_start([f"--address=127.0.0.1:{port}", "--num-cpus=1"], tmp_path, "worker"))
-        time.sleep(6)
-        yield f"127.0.0.1:{port}"
+        _wait_until_up(head, address, tmp_path / "head.log")
+        procs.append(_start([f"--address={address}", "--num-cpus=1"], tmp_path, "worker"))
+        deadline = time.monotonic() + 60  # until the worker has joined
+        while time.monotonic() < deadline and "2 node" not in _nodes(address):
+            time.sleep(2)
+        yield address
     finally:
         for p in reversed(procs):
             _stop(p)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _nodes(address: str) -> str:
+    code = f"import ray; ray.init(address='{address}', logging_level='ERROR'); print(len(ray.nodes()), 'node')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
+    return out.stdout
 
 
 def test_select_against_ray_address(loopback_cluster: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = os.environ | {"RAY_ADDRESS": loopback_cluster, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = ENV | {"RAY_ADDRESS": loopback_cluster}
     cmd = [
         str(BIN / "raysel"),
         "select",
@@ -95,4 +123,5 @@ def test_select_against_ray_address(loopback_cluster: str, tmp_path: Path) -> No
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["selected"] == 4 and manifest["counts"]["read"] == 24
     # The driver joined the running two-node cluster, not a fresh local Ray.
-    assert manifest["ray"]["address"] == loopback_cluster and manifest["ray"]["nodes"] == 2
+    port = loopback_cluster.rsplit(":", 1)[1]  # Ray reports the node's own IP for the GCS, same port
+    assert manifest["ray"]["address"].endswith(f":{port}") and manifest["ray"]["nodes"] == 2

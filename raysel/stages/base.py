@@ -55,7 +55,8 @@ def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Da
     """Add `stage_cls`'s columns to every row of `ds`, in an actor pool sized by `stage_cls.spec(cfg)`."""
     import ray.data
 
-    names = set(ds.schema(fetch_if_missing=True).names)
+    schema = ds.schema(fetch_if_missing=False)  # checked when known without running the pipeline
+    names = set(schema.names) if schema is not None else set(stage_cls.requires)
     missing = sorted(set(stage_cls.requires) - names)
     if missing:
         raise MissingColumnsError(

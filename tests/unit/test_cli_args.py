@@ -31,6 +31,7 @@ def test_shortcuts_map_to_config_keys() -> None:
         "seed": "3",
         "select.method": "ifd",
         "select.ratio": "0.2",
+        "select.k": None,  # --ratio replaces a k that a job file may set
     }
     cfg = load_config(None, values)
     assert cfg.score.max_length == 128 and cfg.data.limit == 5 and cfg.seed == 3 and cfg.select.ratio == 0.2
@@ -42,7 +43,9 @@ def test_every_shortcut_targets_a_real_field() -> None:
                  "score.template": "wiz"}.get(key, "16")  # fmt: skip
         load_config(None, {"data.input": "i", "output": "o"} | {key: value})  # no unknown-key error
         args, extra = _parser().parse_known_args(["select", "--" + flag.replace("_", "-"), value])
-        assert _overrides(args, extra) == {key: value}
+        paired = {"select.k": "select.ratio", "select.ratio": "select.k"}
+        expected = {key: value} | ({paired[key]: None} if key in paired else {})
+        assert _overrides(args, extra) == expected
 
 
 def test_unset_flags_are_not_overrides() -> None:
@@ -129,3 +132,10 @@ def test_main_missing_input_fails_before_ray(tmp_path, no_ray) -> None:
     code = cli.main(["select", "--input", str(tmp_path / "nope.jsonl"), "--output", str(out), "--backend", "fake"])
     assert code == 2
     assert no_ray == [], "Ray was started for a run whose input does not exist"
+
+
+def test_k_flag_replaces_a_job_files_ratio(tmp_path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("output: runs/x\ndata: {input: in.jsonl}\nselect: {ratio: 0.1}\n")
+    cfg = load_config(job, _values("select", "--k", "7"))
+    assert cfg.select.k == 7 and cfg.select.ratio is None
