@@ -6,33 +6,26 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raysel import __version__
 from raysel import schema as S
 from raysel.config import RunConfig, ScoreConfig, dump_yaml
 from raysel.io import (
     LIGHT_CPUS,
     expand_input,
     fingerprint,
-    iter_parquet,
     read_corpus,
-    write_jsonl,
     write_parquet_stream,
 )
+from raysel.outputs import finish
 from raysel.readers import InputError
-from raysel.select.topk import select_top_ifd
-
-SCORE_COLUMNS = (S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.N_ANSWER_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -177,96 +170,9 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
 
     scored = _step(out, "score", data_key | {"score": _scoring_identity(cfg.score)}, score, timings)
     start = time.perf_counter()
-    manifest = _finish(cfg, out, compact, dups, scored, select)
+    manifest = finish(cfg, out, compact, dups, scored, select)
     timings["write"] = round(time.perf_counter() - start, 3)
     manifest["timings_s"] = timings
     manifest["ray"] = cluster
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return RunResult(output=out, manifest=manifest)
-
-
-def _finish(cfg: RunConfig, out: Path, compact: pa.Table, dups: dict[str, str], scored: Path, select: bool) -> dict:
-    table = pq.read_table(scored, columns=[S.SCORE_IFD, S.REJECT_REASON])
-    ifd = table[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64)
-    sel = select_top_ifd(ifd, ratio=cfg.select.ratio, k=cfg.select.k)
-    _write_scores(scored, out / "scores.parquet", sel if select else None)
-    n_selected = write_jsonl(_selected_rows(scored, sel.selected), out / "selected.jsonl") if select else 0
-    rejected = write_jsonl(_rejected_rows(compact, dups, scored), out / "rejected.jsonl")
-    reasons = Counter(r.split(":", 1)[0] for r in compact[S.REJECT_REASON].to_pylist() if r)
-    unscorable = Counter(r.split(":", 1)[0] for r in table[S.REJECT_REASON].to_pylist() if r)
-    counts = {
-        "read": compact.num_rows,
-        "rejected_input": sum(reasons.values()),
-        "duplicates": len(dups),
-        "to_score": table.num_rows,
-        "unscorable": sum(unscorable.values()),
-        "scored": int(np.isfinite(ifd).sum()),
-        "ifd_above_1": int((sel.reason == "ifd_above_1").sum()),
-        "passed": sel.passed,
-        "selected": n_selected,
-        "rejected_total": rejected,
-    }
-    # Nothing is lost: every row read is either scored or in rejected.jsonl, with its reason.
-    if counts["read"] != counts["rejected_total"] + counts["scored"]:
-        raise RuntimeError(f"row accounting does not add up (a raysel bug, please report it): {counts}")
-    return {
-        "raysel_version": __version__,
-        "config_hash": cfg.hash(),
-        "config": cfg.to_dict(),
-        "counts": counts,
-        "rejected_by_reason": dict(reasons + unscorable) | ({"duplicate": len(dups)} if dups else {}),
-        "outputs": sorted({p.name for p in out.iterdir() if p.is_file()} | {"manifest.json"}),
-    }
-
-
-def _write_scores(scored: Path, dest: Path, sel) -> None:
-    def batches() -> Iterator[pa.Table]:
-        offset = 0
-        for t in iter_parquet(scored):
-            t = t.drop_columns([S.RAW])
-            if sel is not None:
-                part = slice(offset, offset + t.num_rows)
-                t = t.append_column(S.SELECTED, pa.array(sel.selected[part]))
-                t = t.append_column(S.SELECT_REASON, pa.array(sel.reason[part].tolist(), pa.string()))
-                t = t.append_column(S.RANK_IFD, pa.array(sel.rank[part]))
-            offset += t.num_rows
-            yield t
-
-    write_parquet_stream(batches(), dest)
-
-
-def _selected_rows(scored: Path, selected: np.ndarray) -> Iterator[dict[str, Any]]:
-    """Original fields + id + scores, in input order."""
-    offset = 0
-    for t in iter_parquet(scored, columns=[S.ID, S.RAW, *SCORE_COLUMNS]):
-        mask = selected[offset : offset + t.num_rows]
-        offset += t.num_rows
-        for row in t.filter(pa.array(mask)).to_pylist():
-            original = json.loads(row.pop(S.RAW))
-            if S.ID in original and original[S.ID] != row[S.ID]:  # keep the corpus's own id too
-                original["source_id"] = original.pop(S.ID)
-            yield original | row
-
-
-def _rejected_rows(compact: pa.Table, dups: dict[str, str], scored: Path) -> Iterator[dict[str, Any]]:
-    """Every row set aside: bad input, later copies of duplicates, rows the model could not score."""
-    for row in compact.to_pylist():
-        if row[S.REJECT_REASON]:
-            yield {
-                "stage": "input",
-                S.SOURCE: row[S.SOURCE],
-                "reason": row[S.REJECT_REASON],
-                S.RAW: row[S.RAW],
-            }
-        elif row[S.SOURCE] in dups:
-            reason = f"duplicate of {dups[row[S.SOURCE]]}"
-            yield {"stage": "dedupe", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": reason}
-    for t in iter_parquet(scored, columns=[S.ID, S.SOURCE, S.REJECT_REASON, S.RAW]):
-        for row in t.filter(pc.not_equal(t[S.REJECT_REASON], "")).to_pylist():
-            yield {
-                "stage": "score",
-                S.SOURCE: row[S.SOURCE],
-                S.ID: row[S.ID],
-                "reason": row[S.REJECT_REASON],
-                S.RAW: row[S.RAW],
-            }
