@@ -82,10 +82,10 @@ def _compact(batch: pa.Table) -> pa.Table:
     return pa.table({S.ID: batch[S.ID], S.SOURCE: batch[S.SOURCE], S.REJECT_REASON: batch[S.REJECT_REASON], S.RAW: raw})
 
 
-def _keep(batch: pa.Table, drop: frozenset[str]) -> pa.Table:
+def _keep(batch: pa.Table, drop: pa.Array) -> pa.Table:
     """Rows to score: parsed fine and the first copy of their content."""
     good = pc.equal(batch[S.REJECT_REASON], "")
-    dup = pc.is_in(batch[S.SOURCE], value_set=pa.array(sorted(drop), pa.string()))
+    dup = pc.is_in(batch[S.SOURCE], value_set=drop)
     return batch.filter(pc.and_(good, pc.invert(dup)))
 
 
@@ -162,7 +162,7 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
 
     def score(path: Path) -> int:
         ds = read_corpus(cfg.data, files).map_batches(
-            _keep, fn_kwargs={"drop": frozenset(dups)}, batch_format="pyarrow", num_cpus=LIGHT_CPUS
+            _keep, fn_kwargs={"drop": pa.array(list(dups), pa.string())}, batch_format="pyarrow", num_cpus=LIGHT_CPUS
         )
         if compact.num_rows - len(dups) - _count_rejected(compact) == 0:  # nothing to score: no model start
             return write_parquet_stream([], path, S.SCORED_SCHEMA)
