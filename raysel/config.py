@@ -68,7 +68,8 @@ class ScoreConfig:
     """hf on CPU: "int8" = torch dynamic int8 quantization of the Linear layers. Faster, but measured on
     SmolLM2-135M it reorders rows (Spearman 0.63 vs fp32, benchmarks/RESULTS.md): check it on your model."""
     threads: int | None = None
-    """hf on CPU: torch threads per actor; default num_cpus rounded up."""
+    """hf on CPU: batches scored side by side per actor, one torch thread each (faster than one
+    multi-threaded forward on small matmuls); default num_cpus rounded up."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """vllm: passed through to vllm.LLM (e.g. tensor_parallel_size, gpu_memory_utilization)."""
 
