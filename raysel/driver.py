@@ -89,10 +89,6 @@ def _keep(batch: pa.Table, drop: pa.Array) -> pa.Table:
     return batch.filter(pc.and_(good, pc.invert(dup)))
 
 
-def _count_rejected(compact: pa.Table) -> int:
-    return compact.num_rows - pc.sum(pc.equal(compact[S.REJECT_REASON], "")).as_py() if compact.num_rows else 0
-
-
 def _raise_first_reject(compact: pa.Table) -> None:
     bad = compact.filter(pc.not_equal(compact[S.REJECT_REASON], ""))
     if bad.num_rows:
@@ -161,11 +157,12 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     dups = find_duplicates(compact) if cfg.data.dedupe else {}
 
     def score(path: Path) -> int:
+        parsed = pc.sum(pc.equal(compact[S.REJECT_REASON], "")).as_py() or 0
+        if parsed == len(dups):  # nothing to score: no model start
+            return write_parquet_stream([], path, S.SCORED_SCHEMA)
         ds = read_corpus(cfg.data, files).map_batches(
             _keep, fn_kwargs={"drop": pa.array(list(dups), pa.string())}, batch_format="pyarrow", num_cpus=LIGHT_CPUS
         )
-        if compact.num_rows - len(dups) - _count_rejected(compact) == 0:  # nothing to score: no model start
-            return write_parquet_stream([], path, S.SCORED_SCHEMA)
         return write_parquet_stream(_arrow(apply(ds, IfdScoreStage, cfg.score)), path, S.SCORED_SCHEMA)
 
     scored = _step(out, "score", data_key | {"score": _scoring_identity(cfg.score)}, score, timings)

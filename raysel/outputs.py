@@ -17,7 +17,7 @@ from raysel import __version__
 from raysel import schema as S
 from raysel.config import RunConfig
 from raysel.io import iter_parquet, write_jsonl, write_parquet_stream
-from raysel.select.topk import select_top_ifd
+from raysel.select.topk import IFD_ABOVE_1, select_top_ifd
 
 SCORE_COLUMNS = (S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.N_ANSWER_TOKENS)
 
@@ -39,7 +39,7 @@ def finish(cfg: RunConfig, out: Path, compact: pa.Table, dups: dict[str, str], s
         "to_score": table.num_rows,
         "unscorable": sum(unscorable.values()),
         "scored": int(np.isfinite(ifd).sum()),
-        "ifd_above_1": int((sel.reason == "ifd_above_1").sum()),
+        "ifd_above_1": int((sel.reason == IFD_ABOVE_1).sum()),
         "passed": sel.passed,
         "selected": n_selected,
         "rejected_total": rejected,
@@ -88,7 +88,11 @@ def _selected_rows(scored: Path, selected: np.ndarray) -> Iterator[dict[str, Any
 
 def _rejected_rows(compact: pa.Table, dups: dict[str, str], scored: Path) -> Iterator[dict[str, Any]]:
     """Every row set aside: bad input, later copies of duplicates, rows the model could not score."""
-    for row in compact.to_pylist():
+    set_aside = pc.or_(
+        pc.not_equal(compact[S.REJECT_REASON], ""),
+        pc.is_in(compact[S.SOURCE], value_set=pa.array(list(dups), pa.string())),
+    )
+    for row in compact.filter(set_aside).to_pylist():  # only the rows set aside reach Python objects
         if row[S.REJECT_REASON]:
             yield {
                 "stage": "input",

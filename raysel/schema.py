@@ -70,14 +70,12 @@ def row_id(instruction: str, input: str, output: str) -> str:
 COMPACT_SCHEMA = pa.schema([(ID, pa.string()), (SOURCE, pa.string()), (REJECT_REASON, pa.string()), (RAW, pa.string())])
 """The ingest summary the driver keeps: no text but the raw record of rejected rows."""
 
-SCORED_SCHEMA = CANONICAL_SCHEMA
-for _name, _type in (
-    (LOSS_COND, pa.float32()),
-    (LOSS_DIRECT, pa.float32()),
-    (SCORE_IFD, pa.float32()),
-    (PPL_COND, pa.float32()),
-    (PPL_DIRECT, pa.float32()),
-    (N_ANSWER_TOKENS, pa.int32()),
-    (PROMPT_TOKENS, pa.int32()),
-):
-    SCORED_SCHEMA = SCORED_SCHEMA.append(pa.field(_name, _type))
+SCORED_SCHEMA = pa.schema(
+    [
+        *CANONICAL_SCHEMA,
+        *((name, pa.float32()) for name in (LOSS_COND, LOSS_DIRECT, SCORE_IFD, PPL_COND, PPL_DIRECT)),
+        (N_ANSWER_TOKENS, pa.int32()),
+        (PROMPT_TOKENS, pa.int32()),
+    ]
+)
+"""What the IFD score step writes: the canonical columns plus the scores (an empty step keeps this schema)."""

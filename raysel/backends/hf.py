@@ -38,7 +38,7 @@ class HfLossScorer:
         threads = cfg.threads or max(1, math.ceil(cfg.num_cpus))
         self._pool = None
         if cfg.device == "cpu":
-            torch.set_num_threads(1 if threads > 1 else threads)
+            torch.set_num_threads(1)
             if threads > 1:
                 self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="raysel-hf")
         path = resolve_model(cfg.model)
