@@ -39,6 +39,19 @@ def _common(p: argparse.ArgumentParser, *, selecting: bool) -> None:
     p.add_argument("--limit", help="read at most N rows")
     p.add_argument("--seed")
     p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of rejecting it")
+    p.add_argument(
+        "--dedup",
+        nargs="?",
+        const="",
+        metavar="COSINE",
+        help="keep one row of each exact and near-duplicate group (near: embedding cosine >= COSINE, default 0.95)",
+    )
+    p.add_argument(
+        "--pre-experience",
+        dest="pre_experience",
+        action="store_true",
+        help="IFD with a pre-experienced model: K-Means sample -> brief SFT -> score with it (the paper's pipeline)",
+    )
     if selecting:
         p.add_argument("--method", help="ifd")
         group = p.add_mutually_exclusive_group()
@@ -69,6 +82,12 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
             values[other] = None  # --k on a job file that sets a ratio (or the reverse) replaces it
     if getattr(args, "strict", False):
         values["data.strict"] = True
+    if getattr(args, "pre_experience", False):
+        values["pre_experience.enabled"] = True
+    if getattr(args, "dedup", None) is not None:
+        values |= {"data.dedupe": True, "data.near_dedupe": True}
+        if args.dedup != "":
+            values["data.near_dup"] = args.dedup
     it = iter(extra)
     for flag in it:
         if not flag.startswith("--"):

@@ -37,8 +37,8 @@ class DataConfig:
     """Cosine similarity at or above which two rows are near duplicates (e.g. 0.95), measured on
     `embed` vectors; the groups are reported in the manifest. Off by default: it needs an embedding pass."""
     near_dedupe: bool = False
-    """Keep only the first row of each near-duplicate group (the others are rejected with the reason).
-    `--dedup` turns this on, with near_dup 0.95 unless set."""
+    """Keep only the first row of each near-duplicate group (the others are rejected with the reason);
+    near_dup defaults to 0.95 then. `--dedup [COSINE]` turns this on."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit <= 0:
@@ -46,7 +46,7 @@ class DataConfig:
         if self.near_dup is not None and not 0 < self.near_dup <= 1:
             raise ConfigError(f"data.near_dup is a cosine similarity in (0, 1], got {self.near_dup}")
         if self.near_dedupe and self.near_dup is None:
-            raise ConfigError("data.near_dedupe needs data.near_dup (a cosine threshold such as 0.95)")
+            object.__setattr__(self, "near_dup", 0.95)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +111,9 @@ class EmbedConfig:
     """Engine: "hf" (transformers), "vllm" (vLLM's pooling runner, encoders it supports), "fake" (tests only)."""
     column: Literal["instruction", "instruction_input", "output", "prompt"] = "instruction_input"
     """What is embedded: the instruction, instruction + input, the response, or the templated prompt
-    (score.template around instruction + input, as the IFD paper embeds it)."""
+    (`template` around instruction + input, as the IFD paper embeds it)."""
+    template: Literal["alpaca", "wiz", "chat"] = "alpaca"
+    """Template for column "prompt" (the pre-experience step uses score.template)."""
     max_length: int = 256
     """Tokens per text (longer texts are truncated; all-MiniLM-L6-v2 was trained on 256)."""
     batch_size: int = 256

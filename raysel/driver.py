@@ -1,4 +1,6 @@
-"""The IFD run: ingest -> dedupe -> score -> select -> write. Completed steps are skipped on a rerun."""
+"""The IFD run: ingest -> dedupe (exact, near) -> [pre-experience] -> score -> select -> write.
+
+Completed steps are skipped on a rerun."""
 
 from __future__ import annotations
 
@@ -6,10 +8,10 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.config import RunConfig, ScoreConfig, dump_yaml
+from raysel.dedupe import exact_report, find_duplicates, near_duplicates
 from raysel.io import (
     LIGHT_CPUS,
     expand_input,
@@ -25,7 +28,12 @@ from raysel.io import (
     write_parquet_stream,
 )
 from raysel.outputs import finish
+from raysel.pre_experience import pre_experience
 from raysel.readers import InputError
+from raysel.steps import Steps
+
+if TYPE_CHECKING:
+    import ray.data
 
 
 @dataclass(frozen=True)
@@ -58,23 +66,6 @@ def _arrow(ds) -> Iterator[pa.Table]:
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
-def _step(out: Path, name: str, key: dict[str, Any], build: Callable[[Path], int], timings: dict) -> Path:
-    """Run `build` into steps/<name>.parquet unless a completed copy made from the same config exists."""
-    path, marker = out / "steps" / f"{name}.parquet", out / "steps" / f"{name}.done.json"
-    stamp = json.dumps(key, sort_keys=True, default=str)
-    if path.is_file() and marker.is_file() and marker.read_text() == stamp:
-        timings[name] = "skipped (completed earlier)"
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    start = time.perf_counter()
-    rows = build(path)
-    timings[name] = round(time.perf_counter() - start, 3)
-    print(f"[raysel] step {name}: {rows} rows in {timings[name]} s", flush=True)
-    marker.write_text(stamp)
-    return path
-
-
 def _compact(batch: pa.Table) -> pa.Table:
     """Ingest summary: id, source, reject reason; the raw text only for rejected rows."""
     bad = pc.not_equal(batch[S.REJECT_REASON], "")
@@ -99,20 +90,6 @@ def _raise_first_reject(compact: pa.Table) -> None:
         )
 
 
-def find_duplicates(ingest: pa.Table) -> dict[str, str]:
-    """source of each later copy -> source of the first copy with the same id (rows in input order)."""
-    first: dict[str, str] = {}
-    dups: dict[str, str] = {}
-    for rid, src, why in zip(*(ingest[c].to_pylist() for c in (S.ID, S.SOURCE, S.REJECT_REASON)), strict=True):
-        if why:
-            continue
-        if rid in first:
-            dups[src] = first[rid]
-        else:
-            first[rid] = src
-    return dups
-
-
 def _code_hash() -> str:
     """Hash of raysel's own source: a completed step is reused only by the code that made it."""
     h = hashlib.sha256()
@@ -129,6 +106,10 @@ def _scoring_identity(score: ScoreConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(score).items() if k not in _RESOURCE_FIELDS}
 
 
+def _dropped_key(dropped: dict[str, str]) -> str:
+    return hashlib.sha256("\n".join(sorted(dropped)).encode()).hexdigest()[:16]
+
+
 def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     """Score (and with select=True, select) cfg.data.input into the run directory cfg.output."""
     from raysel.stages.base import apply
@@ -141,7 +122,7 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
         (out / stale).unlink(missing_ok=True)
     (out / "config.yaml").write_text(dump_yaml(cfg))  # the resolved config, before any work
     cluster = _init_ray()
-    timings: dict[str, Any] = {}
+    steps = Steps(out)
     data_key = {"data": cfg.data, "files": fingerprint(files), "code": _code_hash()}
 
     def ingest(path: Path) -> int:
@@ -151,25 +132,39 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
             S.COMPACT_SCHEMA,
         )
 
-    compact = pq.read_table(_step(out, "ingest", data_key, ingest, timings))
+    compact = pq.read_table(steps.run("ingest", data_key, ingest))
     if cfg.data.strict:
         _raise_first_reject(compact)
-    dups = find_duplicates(compact) if cfg.data.dedupe else {}
+    exact = find_duplicates(compact)
+    dropped = {src: f"duplicate of {first}" for src, first in exact.items()} if cfg.data.dedupe else {}
+    duplicates = {"exact": exact_report(exact, cfg.data.dedupe)}
+
+    def rows() -> ray.data.Dataset:
+        drop = pa.array(list(dropped), pa.string())
+        ds = read_corpus(cfg.data, files)
+        return ds.map_batches(_keep, fn_kwargs={"drop": drop}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+
+    parsed = pc.sum(pc.equal(compact[S.REJECT_REASON], "")).as_py() or 0
+    if cfg.data.near_dup is not None and parsed > len(dropped):
+        near, duplicates["near"] = near_duplicates(cfg, steps, rows, data_key | {"dropped": _dropped_key(dropped)})
+        if cfg.data.near_dedupe:
+            dropped |= near
+    key = data_key | {"dropped": _dropped_key(dropped)}
+    score_cfg, extra = cfg.score, {}
+    if cfg.pre_experience.enabled and parsed > len(dropped):
+        model, extra["pre_experience"] = pre_experience(cfg, steps, rows, key)
+        score_cfg = dataclasses.replace(cfg.score, model=str(model.resolve()))
 
     def score(path: Path) -> int:
-        parsed = pc.sum(pc.equal(compact[S.REJECT_REASON], "")).as_py() or 0
-        if parsed == len(dups):  # nothing to score: no model start
+        if parsed == len(dropped):  # nothing to score: no model start
             return write_parquet_stream([], path, S.SCORED_SCHEMA)
-        ds = read_corpus(cfg.data, files).map_batches(
-            _keep, fn_kwargs={"drop": pa.array(list(dups), pa.string())}, batch_format="pyarrow", num_cpus=LIGHT_CPUS
-        )
-        return write_parquet_stream(_arrow(apply(ds, IfdScoreStage, cfg.score)), path, S.SCORED_SCHEMA)
+        return write_parquet_stream(_arrow(apply(rows(), IfdScoreStage, score_cfg)), path, S.SCORED_SCHEMA)
 
-    scored = _step(out, "score", data_key | {"score": _scoring_identity(cfg.score)}, score, timings)
+    pre_key = extra.get("pre_experience", {}).get("key")
+    scored = steps.run("score", key | {"score": _scoring_identity(score_cfg), "pre": pre_key}, score)
     start = time.perf_counter()
-    manifest = finish(cfg, out, compact, dups, scored, select)
-    timings["write"] = round(time.perf_counter() - start, 3)
-    manifest["timings_s"] = timings
-    manifest["ray"] = cluster
+    manifest = finish(cfg, out, compact, dropped, scored, select)
+    steps.timings["write"] = round(time.perf_counter() - start, 3)
+    manifest |= {"duplicates": duplicates, **extra, "timings_s": steps.timings, "ray": cluster}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return RunResult(output=out, manifest=manifest)

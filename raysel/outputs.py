@@ -22,20 +22,24 @@ from raysel.select.topk import IFD_ABOVE_1, select_top_ifd
 SCORE_COLUMNS = (S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.N_ANSWER_TOKENS)
 
 
-def finish(cfg: RunConfig, out: Path, compact: pa.Table, dups: dict[str, str], scored: Path, select: bool) -> dict:
-    """Select (when asked) and write the final files; returns the manifest (counts add up, or it raises)."""
+def finish(cfg: RunConfig, out: Path, compact: pa.Table, dropped: dict[str, str], scored: Path, select: bool) -> dict:
+    """Select (when asked) and write the final files; returns the manifest (counts add up, or it raises).
+
+    `dropped` maps the source of each row left out before scoring (a duplicate) to the reason.
+    """
     table = pq.read_table(scored, columns=[S.SCORE_IFD, S.REJECT_REASON])
     ifd = table[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64)
     sel = select_top_ifd(ifd, ratio=cfg.select.ratio, k=cfg.select.k)
     _write_scores(scored, out / "scores.parquet", sel if select else None)
     n_selected = write_jsonl(_selected_rows(scored, sel.selected), out / "selected.jsonl") if select else 0
-    rejected = write_jsonl(_rejected_rows(compact, dups, scored), out / "rejected.jsonl")
+    rejected = write_jsonl(_rejected_rows(compact, dropped, scored), out / "rejected.jsonl")
     reasons = Counter(r.split(":", 1)[0] for r in compact[S.REJECT_REASON].to_pylist() if r)
     unscorable = Counter(r.split(":", 1)[0] for r in table[S.REJECT_REASON].to_pylist() if r)
     counts = {
         "read": compact.num_rows,
         "rejected_input": sum(reasons.values()),
-        "duplicates": len(dups),
+        "duplicates": sum(not r.startswith("near_") for r in dropped.values()),
+        "near_duplicates": sum(r.startswith("near_") for r in dropped.values()),
         "to_score": table.num_rows,
         "unscorable": sum(unscorable.values()),
         "scored": int(np.isfinite(ifd).sum()),
@@ -52,7 +56,7 @@ def finish(cfg: RunConfig, out: Path, compact: pa.Table, dups: dict[str, str], s
         "config_hash": cfg.hash(),
         "config": cfg.to_dict(),
         "counts": counts,
-        "rejected_by_reason": dict(reasons + unscorable) | ({"duplicate": len(dups)} if dups else {}),
+        "rejected_by_reason": dict(reasons + unscorable + Counter(r.split(" of ", 1)[0] for r in dropped.values())),
         "outputs": sorted({p.name for p in out.iterdir() if p.is_file()} | {"manifest.json"}),
     }
 
@@ -86,11 +90,11 @@ def _selected_rows(scored: Path, selected: np.ndarray) -> Iterator[dict[str, Any
             yield original | row
 
 
-def _rejected_rows(compact: pa.Table, dups: dict[str, str], scored: Path) -> Iterator[dict[str, Any]]:
+def _rejected_rows(compact: pa.Table, dropped: dict[str, str], scored: Path) -> Iterator[dict[str, Any]]:
     """Every row set aside: bad input, later copies of duplicates, rows the model could not score."""
     set_aside = pc.or_(
         pc.not_equal(compact[S.REJECT_REASON], ""),
-        pc.is_in(compact[S.SOURCE], value_set=pa.array(list(dups), pa.string())),
+        pc.is_in(compact[S.SOURCE], value_set=pa.array(list(dropped), pa.string())),
     )
     for row in compact.filter(set_aside).to_pylist():  # only the rows set aside reach Python objects
         if row[S.REJECT_REASON]:
@@ -100,9 +104,8 @@ def _rejected_rows(compact: pa.Table, dups: dict[str, str], scored: Path) -> Ite
                 "reason": row[S.REJECT_REASON],
                 S.RAW: row[S.RAW],
             }
-        elif row[S.SOURCE] in dups:
-            reason = f"duplicate of {dups[row[S.SOURCE]]}"
-            yield {"stage": "dedupe", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": reason}
+        elif row[S.SOURCE] in dropped:
+            yield {"stage": "dedupe", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": dropped[row[S.SOURCE]]}
     for t in iter_parquet(scored, columns=[S.ID, S.SOURCE, S.REJECT_REASON, S.RAW]):
         for row in t.filter(pc.not_equal(t[S.REJECT_REASON], "")).to_pylist():
             yield {

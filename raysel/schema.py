@@ -27,6 +27,12 @@ PPL_DIRECT = "ppl_direct"
 SCORE_IFD = "score_ifd"
 N_ANSWER_TOKENS = "n_answer_tokens"
 PROMPT_TOKENS = "prompt_tokens"
+EMBEDDING = "embedding"
+"""float32 L2-normalized sentence vector (a fixed-size list column in Parquet)."""
+PPL_TEXT = "ppl_text"
+"""Perplexity of the embedded text under a causal-LM embedder (NaN for sentence encoders)."""
+CLUSTER = "cluster"
+"""K-Means cluster of the row (int32)."""
 SELECTED = "selected"
 RANK_IFD = "rank_ifd"
 """1-based rank by IFD among rows with IFD <= 1 (0 for the others)."""
@@ -79,3 +85,10 @@ SCORED_SCHEMA = pa.schema(
     ]
 )
 """What the IFD score step writes: the canonical columns plus the scores (an empty step keeps this schema)."""
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    """What an embed step writes: id, source, the vector, and the embedded text's perplexity."""
+    return pa.schema(
+        [(ID, pa.string()), (SOURCE, pa.string()), (EMBEDDING, pa.list_(pa.float32(), dim)), (PPL_TEXT, pa.float32())]
+    )

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from raysel.config import ScoreConfig
+import numpy as np
+
+from raysel.config import EmbedConfig, ScoreConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,26 @@ class TokenLoss:
     """Answer tokens scored (after truncation); 0 means nothing could be scored."""
     prompt_tokens: int
     """Tokens before the answer: len(encode(prompt)), special tokens included, as the IFD code counts it."""
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Sentence vectors of a batch of texts."""
+
+    vectors: np.ndarray
+    """float32 [n, d], L2-normalized."""
+    ppl: np.ndarray
+    """float32 [n]: perplexity of each text under a causal LM embedder (NaN for encoders)."""
+
+
+class Embedder(Protocol):
+    """Embeds texts; results never depend on batch composition."""
+
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> Embeddings: ...
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str: ...
 
 
 class LossScorer(Protocol):
@@ -54,3 +76,18 @@ def make_scorer(cfg: ScoreConfig) -> LossScorer:
     from raysel.backends.fake import FakeLossScorer
 
     return FakeLossScorer(cfg)
+
+
+def make_embedder(cfg: EmbedConfig) -> Embedder:
+    """Build the configured embedder; the engine is imported here, never at raysel import time."""
+    if cfg.backend == "hf":
+        from raysel.backends.hf_embed import HfEmbedder
+
+        return HfEmbedder(cfg)
+    if cfg.backend == "vllm":
+        from raysel.backends.vllm import VllmEmbedder
+
+        return VllmEmbedder(cfg)
+    from raysel.backends.fake import FakeEmbedder
+
+    return FakeEmbedder(cfg)

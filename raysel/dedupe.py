@@ -1,0 +1,69 @@
+"""Duplicate finding: exact copies (same content id) and near duplicates (embedding cosine >= a threshold)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysel import schema as S
+from raysel.config import RunConfig
+from raysel.steps import Steps, embed_rows, read_vectors
+
+if TYPE_CHECKING:
+    import ray.data
+
+EXAMPLES = 5
+"""Groups quoted in the manifest."""
+
+
+def find_duplicates(ingest: pa.Table) -> dict[str, str]:
+    """source of each later copy -> source of the first copy with the same id (rows in input order)."""
+    first: dict[str, str] = {}
+    dups: dict[str, str] = {}
+    for rid, src, why in zip(*(ingest[c].to_pylist() for c in (S.ID, S.SOURCE, S.REJECT_REASON)), strict=True):
+        if why:
+            continue
+        if rid in first:
+            dups[src] = first[rid]
+        else:
+            first[rid] = src
+    return dups
+
+
+def exact_report(dups: dict[str, str], removed: bool) -> dict[str, Any]:
+    groups: dict[str, list[str]] = {}
+    for src, first in dups.items():
+        groups.setdefault(first, [first]).append(src)
+    examples = [g for g in groups.values()][:EXAMPLES]
+    return {"groups": len(groups), "extra_copies": len(dups), "removed": removed, "examples": examples}
+
+
+def near_duplicates(
+    cfg: RunConfig, steps: Steps, rows: Callable[[], ray.data.Dataset], key: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Embed the rows (a resumable step) and link rows whose cosine is >= data.near_dup.
+
+    Returns source of each later member -> the reason naming its group's first row, and the manifest report.
+    """
+    from raysel.select.cluster import group_summary, near_duplicate_groups
+
+    threshold = cfg.data.near_dup
+    emb = steps.run("embed", key | {"embed": cfg.embed}, lambda p: embed_rows(rows(), cfg.embed, p))
+    reps = near_duplicate_groups(read_vectors(emb), threshold, seed=cfg.seed)
+    sources = pq.read_table(emb, columns=[S.SOURCE])[S.SOURCE].to_pylist()
+    near = {sources[i]: f"near_duplicate of {sources[r]} (cosine >= {threshold})" for i, r in enumerate(reps) if r != i}
+    groups: dict[int, list[str]] = {}
+    for i, r in enumerate(reps):
+        if r != i:
+            groups.setdefault(int(r), [sources[r]]).append(sources[i])
+    report = group_summary(reps) | {
+        "threshold": threshold,
+        "embed_model": cfg.embed.model,
+        "column": cfg.embed.column,
+        "removed": cfg.data.near_dedupe,
+        "examples": list(groups.values())[:EXAMPLES],
+    }
+    return near, report
