@@ -83,7 +83,7 @@ def _ray_run(args, n: int, t_st: float) -> dict:
             "data.near_dup": 0.95,
             "embed.column": args.column,
             "embed.concurrency": args.threads,
-            "embed.num_cpus": 0.9,
+            "embed.num_cpus": 0.75,  # 2 x 0.75 + the light read tasks fit 2 CPUs
             "embed.batch_size": 128,
             "score.backend": "fake",
         }

@@ -63,6 +63,7 @@ def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Da
             f"{stage_cls.__name__} needs columns {missing} that the dataset lacks (it has {sorted(names)})"
         )
     spec = stage_cls.spec(cfg)
+    _warn_if_no_room(stage_cls.__name__, spec)
     ds = _split_blocks(ds, spec.batch_size)
     return ds.map_batches(
         stage_cls,
@@ -73,6 +74,24 @@ def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Da
         num_cpus=spec.num_cpus,
         num_gpus=spec.num_gpus,
     )
+
+
+def _warn_if_no_room(name: str, spec: StageSpec) -> None:
+    """A pool that takes every CPU leaves none for the read tasks that feed it: on a fixed-size cluster the
+    stage then waits forever (shared/notes/ray-data-llm-on-cpu.md, pitfall 2). Said before it happens."""
+    import ray
+
+    from raysel.io import LIGHT_CPUS
+
+    cpus = ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else 0.0
+    need = spec.concurrency * spec.num_cpus + LIGHT_CPUS
+    if 0 < cpus < need:
+        print(
+            f"[raysel] warning: {name} asks {spec.concurrency} actors x {spec.num_cpus} CPUs, and the read tasks "
+            f"{LIGHT_CPUS} more, but the cluster has {cpus:g} CPUs: unless the autoscaler adds nodes it will wait "
+            "forever; lower the stage's concurrency or num_cpus",
+            flush=True,
+        )
 
 
 def _split_blocks(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:

@@ -139,3 +139,20 @@ def test_k_flag_replaces_a_job_files_ratio(tmp_path) -> None:
     job.write_text("output: runs/x\ndata: {input: in.jsonl}\nselect: {ratio: 0.1}\n")
     cfg = load_config(job, _values("select", "--k", "7"))
     assert cfg.select.k == 7 and cfg.select.ratio is None
+
+
+def test_dedup_and_pre_experience_flags() -> None:
+    base = ("select", "--input", "in.jsonl", "--output", "runs/x")
+    cfg = load_config(None, _values(*base, "--dedup", "--pre-experience"))
+    assert cfg.data.near_dedupe and cfg.data.dedupe and cfg.data.near_dup == 0.95
+    assert cfg.pre_experience.enabled
+    cfg = load_config(None, _values(*base, "--dedup", "0.9", "--cluster.k", "7", "--train.method", "lora"))
+    assert cfg.data.near_dup == 0.9 and cfg.cluster.k == 7 and cfg.train.method == "lora"
+    plain = load_config(None, _values(*base))
+    assert not plain.data.near_dedupe and plain.data.near_dup is None and not plain.pre_experience.enabled
+    with pytest.raises(ConfigError, match="near_dup"):
+        load_config(None, _values(*base, "--dedup", "1.5"))
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        load_config(None, _values(*base, "--train.batch_size", "6", "--train.micro_batch_size", "4"))
+    with pytest.raises(ConfigError, match="low_pct"):
+        load_config(None, _values(*base, "--pre_experience.low_pct", "80", "--pre_experience.high_pct", "20"))
