@@ -4,6 +4,7 @@ embed -> K-Means -> a few rows per cluster -> brief SFT of the scoring model; IF
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,9 @@ from raysel import schema as S
 from raysel.config import EmbedConfig, RunConfig
 from raysel.io import LIGHT_CPUS, write_parquet_stream
 from raysel.steps import Steps, assign_clusters, embed_rows, read_vectors
+
+SUMMARY = "train_summary.json"
+"""What raysel.train.finetune writes beside the model (kept here so the driver need not import torch)."""
 
 if TYPE_CHECKING:
     import ray.data
@@ -85,6 +89,7 @@ def pre_experience(
 
     key = key | {"train": cfg.train, "model": cfg.score.model, "template": cfg.score.template}
     model = steps.run("pre_model", key, train, suffix="")
+    trained = model / SUMMARY
     summary = {
         "embedding": pe.embedding,
         "rows_embedded": n,
@@ -92,6 +97,7 @@ def pre_experience(
         "sampled_rows": len(picked),
         "clusters_sampled": int(len(np.unique(labels[picked]))) if len(picked) else 0,
         "model": str(model),
+        "train": json.loads(trained.read_text()) if trained.is_file() else {},
         "key": Steps.stamp(key),
     }
     return model, summary

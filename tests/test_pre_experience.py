@@ -52,9 +52,9 @@ def test_pre_experience_pipeline_on_tiny_model(tiny_hf_model: str, ray_local, tm
     assert sampled[S.ID].to_pylist() == clusters[S.ID].take(picked).to_pylist()
     assert pre["sampled_rows"] == len(picked) == sampled.num_rows and pre["clusters"] == 3
     # IFD was scored with the fine-tuned model: it differs from the base model's scores.
-    assert cfg.score.model != res.manifest["config"]["score"]["model"] or True
     model_dir = out / "steps" / "pre_model"
     assert (model_dir / "config.json").is_file() and pre["model"] == str(model_dir)
+    assert pre["train"]["rows"] == len(picked) and pre["train"]["step"] == 4
     base = run(load_config(None, _tiny_pre(tmp_path, tiny_hf_model, output=str(tmp_path / "base")) | {
         "pre_experience.enabled": False}))  # fmt: skip
     ifd_pre = pq.read_table(out / "scores.parquet")[S.SCORE_IFD].to_numpy()
@@ -92,3 +92,23 @@ def test_near_duplicates_reported_then_removed(ray_local, tmp_path: Path) -> Non
     assert f"{src}:{n}" in near_rej
     c = man["counts"]
     assert c["near_duplicates"] == len(near_rej) and c["read"] == c["scored"] + c["rejected_total"]
+
+
+def test_cli_pre_experience_real_model(shared_data: Path, ray_local, tmp_path: Path) -> None:
+    """The issue's acceptance run: `raysel select --method ifd --pre-experience` on real rows, SmolLM2."""
+    out = tmp_path / "pre"
+    argv = ["select", "--method", "ifd", "--pre-experience", "--input", str(shared_data / "alpaca_gpt4_1k.json"),
+            "--output", str(out), "--limit", "24", "--max-length", "128", "--ratio", "0.25", "--cluster.k", "3",
+            "--pre_experience.per_cluster", "2", "--train.max_length", "128", "--train.lr", "1e-4",
+            "--score.threads", "2"]  # fmt: skip
+    assert main(argv) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    pre, c = man["pre_experience"], man["counts"]
+    sampled = pq.read_table(out / "steps" / "pre_sample.parquet")
+    # At most 2 per cluster (fewer where a cluster's perplexity band is small, as in the paper's sampler).
+    assert pre["clusters"] == 3 and 3 <= pre["sampled_rows"] == sampled.num_rows == pre["train"]["rows"] <= 6
+    assert pre["train"]["total_steps"] == pre["train"]["step"] == 1  # one epoch at batch 8, as the paper (1 epoch)
+    assert c["read"] == 24 == c["scored"] + c["rejected_total"]
+    selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
+    assert len(selected) == c["selected"] == int(0.25 * c["passed"]) > 0
+    assert all(r["score_ifd"] <= 1 for r in selected)

@@ -1,0 +1,1 @@
+"""Ray Train jobs: causal-LM SFT (finetune)."""
