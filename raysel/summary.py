@@ -34,8 +34,21 @@ def print_summary(result: RunResult, *, demo: bool = False) -> None:
     print(f"\nraysel: run directory {out}")
     print(
         f"  read {c['read']}  rejected {c['rejected_total']} (bad input {c['rejected_input']}, "
-        f"duplicates {c['duplicates']}, unscorable {c['unscorable']})  scored {c['scored']}"
+        f"duplicates {c['duplicates']}, near duplicates {c.get('near_duplicates', 0)}, "
+        f"unscorable {c['unscorable']})  scored {c['scored']}"
     )
+    near = m.get("duplicates", {}).get("near")
+    if near:
+        groups, extra = near["groups"], near["extra_copies"]
+        print(f"  near-duplicate groups (cosine >= {near['threshold']}): {groups}, extra rows {extra}")
+    pre = m.get("pre_experience")
+    if pre:
+        train = pre.get("train", {})
+        print(
+            f"  pre-experience: {pre['sampled_rows']} rows from {pre['clusters_sampled']} of {pre['clusters']} "
+            "clusters, "
+            f"{train.get('step', '?')} SFT steps (final loss {train.get('loss', float('nan')):.3f}) -> {pre['model']}"
+        )
     if (out / "selected.jsonl").exists():
         print(f"  IFD > 1 (excluded) {c['ifd_above_1']}  passed {c['passed']}  selected {c['selected']}")
     for name in ("selected.jsonl", "scores.parquet", "rejected.jsonl", "manifest.json", "config.yaml"):
