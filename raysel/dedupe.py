@@ -33,12 +33,16 @@ def find_duplicates(ingest: pa.Table) -> dict[str, str]:
     return dups
 
 
-def exact_report(dups: dict[str, str], removed: bool) -> dict[str, Any]:
+def _groups(pairs: dict[str, str]) -> dict[str, Any]:
+    """Group counts and examples from later member -> first member of its group."""
     groups: dict[str, list[str]] = {}
-    for src, first in dups.items():
+    for src, first in pairs.items():
         groups.setdefault(first, [first]).append(src)
-    examples = [g for g in groups.values()][:EXAMPLES]
-    return {"groups": len(groups), "extra_copies": len(dups), "removed": removed, "examples": examples}
+    return {"groups": len(groups), "extra_copies": len(pairs), "examples": list(groups.values())[:EXAMPLES]}
+
+
+def exact_report(dups: dict[str, str], removed: bool) -> dict[str, Any]:
+    return _groups(dups) | {"removed": removed}
 
 
 def near_duplicates(
@@ -54,16 +58,13 @@ def near_duplicates(
     emb = steps.run("embed", key | {"embed": cfg.embed}, lambda p: embed_rows(rows(), cfg.embed, p))
     reps = near_duplicate_groups(read_vectors(emb), threshold, seed=cfg.seed)
     sources = pq.read_table(emb, columns=[S.SOURCE])[S.SOURCE].to_pylist()
-    near = {sources[i]: f"near_duplicate of {sources[r]} (cosine >= {threshold})" for i, r in enumerate(reps) if r != i}
-    groups: dict[int, list[str]] = {}
-    for i, r in enumerate(reps):
-        if r != i:
-            groups.setdefault(int(r), [sources[r]]).append(sources[i])
-    report = group_summary(reps) | {
+    pairs = {sources[i]: sources[r] for i, r in enumerate(reps) if r != i}
+    near = {src: f"near_duplicate of {first} (cosine >= {threshold})" for src, first in pairs.items()}
+    report = _groups(pairs) | {
+        "largest": group_summary(reps)["largest"],
         "threshold": threshold,
         "embed_model": cfg.embed.model,
         "column": cfg.embed.column,
         "removed": cfg.data.near_dedupe,
-        "examples": list(groups.values())[:EXAMPLES],
     }
     return near, report

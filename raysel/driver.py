@@ -123,7 +123,10 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     (out / "config.yaml").write_text(dump_yaml(cfg))  # the resolved config, before any work
     cluster = _init_ray()
     steps = Steps(out)
-    data_key = {"data": cfg.data, "files": fingerprint(files), "code": _code_hash()}
+    # The near-duplicate settings change which rows are dropped (in the "dropped" part of later keys), not
+    # what ingest reads or what the rows embed to: a new threshold reuses the ingest and the embeddings.
+    rows_cfg = dataclasses.replace(cfg.data, near_dup=None, near_dedupe=False)
+    data_key = {"data": rows_cfg, "files": fingerprint(files), "code": _code_hash()}
 
     def ingest(path: Path) -> int:
         return write_parquet_stream(

@@ -4,6 +4,7 @@ embed -> K-Means -> a few rows per cluster -> brief SFT of the scoring model; IF
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -83,8 +84,11 @@ def pre_experience(
 
         table = pq.read_table(sampled)
         storage = steps.dir.parent.resolve() / "train"
+        # One Ray Train run per step key: a killed run resumes from its checkpoints, while a changed config
+        # starts a run of its own (finetune refuses another config's checkpoints).
+        name = "pre_experience-" + hashlib.sha256(Steps.stamp(key).encode()).hexdigest()[:12]
         finetune(cfg.train, model=cfg.score.model, rows=table, template=cfg.score.template, output_dir=path,
-                 storage_path=storage, name="pre_experience", seed=cfg.seed)  # fmt: skip
+                 storage_path=storage, name=name, seed=cfg.seed)  # fmt: skip
         return table.num_rows
 
     key = key | {"train": cfg.train, "model": cfg.score.model, "template": cfg.score.template}
