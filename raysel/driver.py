@@ -1,4 +1,5 @@
-"""The IFD run: ingest -> dedupe (exact, near) -> [pre-experience] -> score -> select -> write.
+"""A run: ingest -> dedupe (exact, near) -> the method (IFD: [pre-experience] -> score -> select; IterIT:
+raysel.iterit) -> write.
 
 Completed steps are skipped on a rerun."""
 
@@ -102,7 +103,7 @@ def _code_hash() -> str:
 _RESOURCE_FIELDS = ("batch_size", "token_budget", "concurrency", "num_cpus", "num_gpus", "threads")
 
 
-def _scoring_identity(score: ScoreConfig) -> dict[str, Any]:
+def scoring_identity(score: ScoreConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(score).items() if k not in _RESOURCE_FIELDS}
 
 
@@ -153,6 +154,12 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
         if cfg.data.near_dedupe:
             dropped |= near
     key = data_key | {"dropped": _dropped_key(dropped)}
+    if cfg.select.method == "iterit":
+        from raysel.iterit import run_iterit
+
+        result = run_iterit(cfg, out, rows, key, steps.timings)
+        return _write(cfg, out, compact, dropped, result.scored, select, steps, cluster,
+                      {"duplicates": duplicates, "iterit": result.section}, result.selection)  # fmt: skip
     score_cfg, extra = cfg.score, {}
     if cfg.pre_experience.enabled and parsed > len(dropped):
         model, extra["pre_experience"] = pre_experience(cfg, steps, rows, key)
@@ -164,10 +171,15 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
         return write_parquet_stream(_arrow(apply(rows(), IfdScoreStage, score_cfg)), path, S.SCORED_SCHEMA)
 
     pre_key = extra.get("pre_experience", {}).get("key")
-    scored = steps.run("score", key | {"score": _scoring_identity(score_cfg), "pre": pre_key}, score)
+    scored = steps.run("score", key | {"score": scoring_identity(score_cfg), "pre": pre_key}, score)
+    return _write(cfg, out, compact, dropped, scored, select, steps, cluster, {"duplicates": duplicates, **extra})
+
+
+def _write(cfg, out, compact, dropped, scored, select, steps, cluster, extra, selection=None) -> RunResult:
+    """The run's final files and manifest.json (written last: its presence means the run finished)."""
     start = time.perf_counter()
-    manifest = finish(cfg, out, compact, dropped, scored, select)
+    manifest = finish(cfg, out, compact, dropped, scored, select, selection)
     steps.timings["write"] = round(time.perf_counter() - start, 3)
-    manifest |= {"duplicates": duplicates, **extra, "timings_s": steps.timings, "ray": cluster}
+    manifest |= {**extra, "timings_s": steps.timings, "ray": cluster}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return RunResult(output=out, manifest=manifest)

@@ -18,6 +18,8 @@ class IfdScore:
     """loss_cond / loss_direct: the ratio of mean losses that data_by_IFD.py ranks by."""
     ppl_cond: float
     ppl_direct: float
+    ifd_ppl: float
+    """exp(loss_cond) / exp(loss_direct), computed as exp(loss_cond - loss_direct): IterIT's complexity."""
     n_answer_tokens: int
     prompt_tokens: int
     reject_reason: str
@@ -49,7 +51,7 @@ def ifd_score(cond: TokenLoss, direct: TokenLoss, max_length: int) -> IfdScore:
     elif not (math.isfinite(cond.nll_sum) and math.isfinite(direct.nll_sum)):
         reason = "the model gave a non-finite loss (overflow or a zero-probability token)"
     if reason:
-        return IfdScore(nan, nan, nan, nan, nan, cond.n_tokens, cond.prompt_tokens, reason)
+        return IfdScore(nan, nan, nan, nan, nan, nan, cond.n_tokens, cond.prompt_tokens, reason)
     loss_cond = cond.nll_sum / cond.n_tokens
     loss_direct = direct.nll_sum / direct.n_tokens
     return IfdScore(
@@ -58,6 +60,7 @@ def ifd_score(cond: TokenLoss, direct: TokenLoss, max_length: int) -> IfdScore:
         ifd=loss_cond / loss_direct,
         ppl_cond=math.exp(loss_cond),
         ppl_direct=math.exp(loss_direct),
+        ifd_ppl=math.exp(loss_cond - loss_direct),
         n_answer_tokens=cond.n_tokens,
         prompt_tokens=cond.prompt_tokens,
         reject_reason="",

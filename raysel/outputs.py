@@ -17,19 +17,28 @@ from raysel import __version__
 from raysel import schema as S
 from raysel.config import RunConfig
 from raysel.io import iter_parquet, write_jsonl, write_parquet_stream
-from raysel.select.topk import IFD_ABOVE_1, select_top_ifd
+from raysel.select.topk import IFD_ABOVE_1, Selection, select_top_ifd
 
-SCORE_COLUMNS = (S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.N_ANSWER_TOKENS)
+SCORE_COLUMNS = (S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.SCORE_IFD_PPL, S.N_ANSWER_TOKENS)
 
 
-def finish(cfg: RunConfig, out: Path, compact: pa.Table, dropped: dict[str, str], scored: Path, select: bool) -> dict:
+def finish(
+    cfg: RunConfig,
+    out: Path,
+    compact: pa.Table,
+    dropped: dict[str, str],
+    scored: Path,
+    select: bool,
+    selection: Selection | None = None,
+) -> dict:
     """Select (when asked) and write the final files; returns the manifest (counts add up, or it raises).
 
-    `dropped` maps the source of each row left out before scoring (a duplicate) to the reason.
+    `dropped` maps the source of each row left out before scoring (a duplicate) to the reason. `selection`
+    is the method's (IterIT's); by default the IFD top k of `scored`.
     """
     table = pq.read_table(scored, columns=[S.SCORE_IFD, S.REJECT_REASON])
     ifd = table[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64)
-    sel = select_top_ifd(ifd, ratio=cfg.select.ratio, k=cfg.select.k)
+    sel = selection or select_top_ifd(ifd, ratio=cfg.select.ratio, k=cfg.select.k)
     _write_scores(scored, out / "scores.parquet", sel if select else None)
     n_selected = write_jsonl(_selected_rows(scored, sel.selected), out / "selected.jsonl") if select else 0
     rejected = write_jsonl(_rejected_rows(compact, dropped, scored), out / "rejected.jsonl")

@@ -25,6 +25,10 @@ LOSS_DIRECT = "loss_direct"
 PPL_COND = "ppl_cond"
 PPL_DIRECT = "ppl_direct"
 SCORE_IFD = "score_ifd"
+SCORE_IFD_PPL = "score_ifd_ppl"
+"""exp(loss_cond) / exp(loss_direct): IFD's perplexity form, which Superfiltering and IterIT rank by."""
+POSITION = "position"
+"""A row's 0-based place among the rows a method scores (IterIT's rankings are orders of positions)."""
 N_ANSWER_TOKENS = "n_answer_tokens"
 PROMPT_TOKENS = "prompt_tokens"
 EMBEDDING = "embedding"
@@ -79,7 +83,7 @@ COMPACT_SCHEMA = pa.schema([(ID, pa.string()), (SOURCE, pa.string()), (REJECT_RE
 SCORED_SCHEMA = pa.schema(
     [
         *CANONICAL_SCHEMA,
-        *((name, pa.float32()) for name in (LOSS_COND, LOSS_DIRECT, SCORE_IFD, PPL_COND, PPL_DIRECT)),
+        *((name, pa.float32()) for name in (LOSS_COND, LOSS_DIRECT, SCORE_IFD, PPL_COND, PPL_DIRECT, SCORE_IFD_PPL)),
         (N_ANSWER_TOKENS, pa.int32()),
         (PROMPT_TOKENS, pa.int32()),
     ]

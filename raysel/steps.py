@@ -21,25 +21,29 @@ if TYPE_CHECKING:
 
 
 class Steps:
-    """steps/<name>.parquet (or a directory) + steps/<name>.done.json; a step is redone only when its key changes."""
+    """<dir>/<name>.parquet (or a directory) + <dir>/<name>.done.json; a step is redone only when its key changes.
 
-    def __init__(self, out: Path) -> None:
-        self.dir = out / "steps"
-        self.timings: dict[str, Any] = {}
+    <dir> is the run directory's steps/ unless given (IterIT's round_<e>/); `timings` can be shared.
+    """
+
+    def __init__(self, out: Path, dir: Path | None = None, timings: dict[str, Any] | None = None) -> None:
+        self.dir = dir or out / "steps"
+        self.timings: dict[str, Any] = {} if timings is None else timings
+        self.prefix = "" if dir is None else f"{dir.name}/"
 
     def run(self, name: str, key: dict[str, Any], build: Callable[[Path], int], *, suffix: str = ".parquet") -> Path:
         """Run `build(path)` (it returns a row count) unless a completed copy made from the same key exists."""
         path, marker = self.dir / f"{name}{suffix}", self.dir / f"{name}.done.json"
         stamp = self.stamp(key)
         if path.exists() and marker.is_file() and marker.read_text() == stamp:
-            self.timings[name] = "skipped (completed earlier)"
+            self.timings[self.prefix + name] = "skipped (completed earlier)"
             return path
         self.dir.mkdir(parents=True, exist_ok=True)
         marker.unlink(missing_ok=True)
         start = time.perf_counter()
         rows = build(path)
-        self.timings[name] = round(time.perf_counter() - start, 3)
-        print(f"[raysel] step {name}: {rows} rows in {self.timings[name]} s", flush=True)
+        took = self.timings[self.prefix + name] = round(time.perf_counter() - start, 3)
+        print(f"[raysel] step {self.prefix}{name}: {rows} rows in {took} s", flush=True)
         marker.write_text(stamp)
         return path
 

@@ -53,13 +53,19 @@ class LossScorer(Protocol):
         *,
         max_length: int,
         max_answer_tokens: Sequence[int] | None = None,
+        add_special_tokens: bool = True,
     ) -> list[TokenLoss]:
         """Per row: the text prompt+response is truncated to `max_length` tokens, and at most
-        `max_answer_tokens[i]` answer tokens are scored. Results never depend on batch composition."""
+        `max_answer_tokens[i]` answer tokens are scored. add_special_tokens=False: the texts carry their own
+        (IterIT's chat texts). Results never depend on batch composition."""
         ...
 
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         """The model's chat template around one user turn, ending where the assistant's answer starts."""
+        ...
+
+    def chat_text(self, messages: Sequence[dict[str, str]]) -> str:
+        """The model's chat template over whole turns (role, content), no generation prompt."""
         ...
 
 

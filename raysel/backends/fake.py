@@ -31,6 +31,9 @@ class FakeLossScorer:
         head = f"<|system|>{system}\n" if system else ""
         return f"{head}<|user|>{user}\n<|assistant|>"
 
+    def chat_text(self, messages: Sequence[dict[str, str]]) -> str:
+        return "".join(f"<|{m['role']}|>{m['content']}<|end|>\n" for m in messages)
+
     def score(
         self,
         prompts: Sequence[str],
@@ -38,6 +41,7 @@ class FakeLossScorer:
         *,
         max_length: int,
         max_answer_tokens: Sequence[int] | None = None,
+        add_special_tokens: bool = True,
     ) -> list[TokenLoss]:
         out = []
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raysel.backends.base import TokenLoss
 from raysel.backends.models import resolve_model
-from raysel.backends.spans import answer_spans, render_chat, token_losses
+from raysel.backends.spans import answer_spans, render_chat, render_messages, token_losses
 from raysel.config import ScoreConfig
 
 
@@ -57,6 +57,9 @@ class HfLossScorer:
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         return render_chat(self.tokenizer, user, system)
 
+    def chat_text(self, messages: Sequence[dict[str, str]]) -> str:
+        return render_messages(self.tokenizer, messages)
+
     def score(
         self,
         prompts: Sequence[str],
@@ -64,8 +67,11 @@ class HfLossScorer:
         *,
         max_length: int,
         max_answer_tokens: Sequence[int] | None = None,
+        add_special_tokens: bool = True,
     ) -> list[TokenLoss]:
-        ids, starts, ends = answer_spans(self.tokenizer, prompts, responses, max_length, max_answer_tokens)
+        ids, starts, ends = answer_spans(
+            self.tokenizer, prompts, responses, max_length, max_answer_tokens, add_special_tokens
+        )
         nll = [0.0] * len(ids)
         todo = [i for i in range(len(ids)) if ends[i] > starts[i]]
         batches = [[todo[j] for j in b] for b in pack_by_length([ends[i] for i in todo], self.cfg.token_budget)]

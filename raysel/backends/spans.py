@@ -8,18 +8,24 @@ from raysel.backends.base import TokenLoss
 
 
 def answer_spans(
-    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int, max_answer_tokens
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int,
+    max_answer_tokens,
+    add_special_tokens: bool = True,
 ) -> tuple[list[list[int]], list[int], list[int]]:
     """Token ids of each whole text (truncated to max_length), where its answer starts, and where scoring ends.
 
     The answer starts at len(encode(prompt)), as the IFD code counts it (text[:text.rfind(output)] is the
     prompt, since the text ends with the output); at most max_answer_tokens[i] answer tokens are kept.
+    add_special_tokens=False tokenizes as IterIT's code does (its chat texts carry their own BOS).
     """
     texts = [p + r for p, r in zip(prompts, responses, strict=True)]
     # Truncate by hand, keeping the head: tokenizers differ in truncation_side (vLLM's cuts the left).
-    ids = [row[:max_length] for row in tokenizer(texts)["input_ids"]]
+    ids = [row[:max_length] for row in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
     # Token 0 has nothing before it to predict it: an empty prompt's answer is scored from token 1.
-    starts = [max(1, len(x)) for x in tokenizer(list(prompts))["input_ids"]]
+    starts = [max(1, len(x)) for x in tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]]
     ends = []
     for i, (row, start) in enumerate(zip(ids, starts, strict=True)):
         end = len(row) if max_answer_tokens is None else min(len(row), start + max(0, max_answer_tokens[i]))
@@ -31,6 +37,11 @@ def render_chat(tokenizer, user: str, system: str | None = None) -> str:
     """The tokenizer's chat template around one user turn, ending where the assistant's answer starts."""
     turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+
+def render_messages(tokenizer, messages: Sequence[dict[str, str]]) -> str:
+    """The tokenizer's chat template over whole turns (no generation prompt): IterIT's scored texts."""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=False)
 
 
 def token_losses(nll: Sequence[float], starts: Sequence[int], ends: Sequence[int]) -> list[TokenLoss]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from raysel.backends.base import Embeddings, TokenLoss
 from raysel.backends.models import resolve_model
-from raysel.backends.spans import answer_spans, render_chat, token_losses
+from raysel.backends.spans import answer_spans, render_chat, render_messages, token_losses
 from raysel.config import EmbedConfig, ScoreConfig
 
 
@@ -39,6 +39,9 @@ class VllmLossScorer:
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         return render_chat(self.tokenizer, user, system)
 
+    def chat_text(self, messages: Sequence[dict[str, str]]) -> str:
+        return render_messages(self.tokenizer, messages)
+
     def score(
         self,
         prompts: Sequence[str],
@@ -46,8 +49,11 @@ class VllmLossScorer:
         *,
         max_length: int,
         max_answer_tokens: Sequence[int] | None = None,
+        add_special_tokens: bool = True,
     ) -> list[TokenLoss]:
-        ids, starts, ends = answer_spans(self.tokenizer, prompts, responses, max_length, max_answer_tokens)
+        ids, starts, ends = answer_spans(
+            self.tokenizer, prompts, responses, max_length, max_answer_tokens, add_special_tokens
+        )
         todo = [i for i in range(len(ids)) if ends[i] > starts[i]]
         requests = [{"prompt_token_ids": ids[i][: ends[i]]} for i in todo]
         results = self.llm.generate(requests, self.params, use_tqdm=False) if requests else []

@@ -60,17 +60,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: restore the latest checkpoint if any, then train to config["total_steps"].
 
     config: cfg (TrainConfig), model (name or path), data (ObjectRef of sft.SftData), pad_id, seed,
-    total_steps, fingerprint (of config and data: a checkpoint of another run is refused).
+    total_steps, fingerprint (of config and data: a checkpoint of another run is refused); and to continue
+    another run's training: init (its final checkpoint: weights, optimizer, scheduler and step),
+    first_step (that step; the data's batches count from it) and schedule_steps (the LR schedule's length).
     """
     w, start = _setup(config)
     cfg, total, seed = w.cfg, config["total_steps"], config["seed"]
+    first = config.get("first_step", 0)
     autocast = None
     if cfg.use_gpu and cfg.dtype == "bfloat16":
         autocast = torch.autocast(device_type=w.device.type, dtype=torch.bfloat16)
     spe = sft.steps_per_epoch(len(w.data), w.world, cfg.batch_size)
     clock, samples, tokens = time.perf_counter(), 0, 0  # trained by this run, for throughput
     for step in range(start, total):
-        rows = sft.step_rows(len(w.data), step, world_size=w.world, rank=w.rank, batch_size=cfg.batch_size, seed=seed)
+        rows = sft.step_rows(
+            len(w.data), step - first, world_size=w.world, rank=w.rank, batch_size=cfg.batch_size, seed=seed
+        )
         torch.manual_seed(sft.step_seed(seed, w.rank, step))
         nll, n_tok = sft.train_step(
             w.model, w.optimizer, w.scheduler, w.data, rows,
@@ -78,7 +83,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )  # fmt: skip
         nll, n_tok, n_rows, n_all = _all_sum([nll, n_tok, len(rows), w.data.lengths()[rows].sum()], w.world, w.device)
         samples, tokens = samples + int(n_rows), tokens + int(n_all)
-        metrics = {"loss": nll / max(n_tok, 1), "step": step + 1, "epoch": step // spe}
+        metrics = {"loss": nll / max(n_tok, 1), "step": step + 1, "epoch": (step - first) // spe}
         metrics |= {"lr": w.scheduler.get_last_lr()[0], "samples": samples, "tokens": tokens}
         metrics["train_s"] = time.perf_counter() - clock
         if w.rank == 0:
@@ -97,18 +102,19 @@ def _setup(config: dict[str, Any]) -> tuple[_Worker, int]:
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     model = sft.load_model(resolve_model(config["model"]), cfg)
-    state = _restore(model, cfg, config["fingerprint"])
+    state = _restore(model, cfg, config["fingerprint"], config.get("init"))
     # [1] Ray: move to the worker's device; DDP (gloo on CPU, nccl on GPU) when there are several workers.
     model = ray.train.torch.prepare_model(model)
     module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = sft.cosine_schedule(optimizer, cfg, config["total_steps"])
+    scheduler = sft.cosine_schedule(optimizer, cfg, config.get("schedule_steps") or config["total_steps"])
     start = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start = config["total_steps"] if state["done"] else state["step"]  # a finished run trains no more
+        # A finished run trains no more; another run's final checkpoint (init) is where this one starts.
+        start = config["total_steps"] if state["done"] and not state["init"] else state["step"]
     data = ray.get(config["data"])
     device = ray.train.torch.get_device()
     worker = _Worker(
@@ -126,18 +132,23 @@ def _all_sum(values: list[float], world: int, device: torch.device) -> list[floa
     return t.tolist()
 
 
-def _restore(model: torch.nn.Module, cfg: TrainConfig, fingerprint: str) -> dict[str, Any] | None:
-    """Load the latest checkpoint's weights into model; return its step, done flag and trainer state."""
+def _restore(model: torch.nn.Module, cfg: TrainConfig, fingerprint: str, init: str | None) -> dict[str, Any] | None:
+    """Load the run's latest checkpoint (else `init`, another run's, if given) into model; return its step,
+    done flag and trainer state."""
     checkpoint = ray.train.get_checkpoint()
+    own = checkpoint is not None
+    if not own and init:
+        checkpoint = ray.train.Checkpoint(init)
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
         meta = json.loads((Path(d) / _META).read_text())
-        _check_fingerprint(meta, fingerprint, checkpoint.path)
+        if own:
+            _check_fingerprint(meta, fingerprint, checkpoint.path)
         sft.load_trainable_state(model, torch.load(Path(d) / _WEIGHTS, map_location="cpu", weights_only=True), cfg)
         state = torch.load(Path(d) / _TRAINER, map_location="cpu", weights_only=True)
     logger.info("resuming from %s at step %d", checkpoint.path, meta["step"])
-    return state | {"step": meta["step"], "done": meta["done"]}
+    return state | {"step": meta["step"], "done": meta["done"], "init": not own}
 
 
 def _report_checkpoint(w: _Worker, metrics: dict[str, Any], *, done: bool) -> None:
@@ -200,6 +211,8 @@ def finetune(
     name: str = "sft",
     seed: int = 0,
     callbacks: Sequence[Any] = (),
+    resume_from: str | None = None,
+    schedule_steps: int | None = None,
 ) -> Path:
     """Fine-tune `model` (resolve_model name or path) on rows and write a plain HF directory to output_dir.
 
@@ -221,6 +234,10 @@ def finetune(
         name: The run's directory under storage_path.
         seed: Seeds data order and dropout.
         callbacks: ray.train.UserCallback objects (progress, fault injection in tests).
+        resume_from: Continue another run's training on these rows: start from its final checkpoint
+            (`checkpoint` in its train_summary.json: weights, optimizer, LR schedule and step), and train
+            this run's steps after its step (IterIT's epochs: one run per epoch, one schedule across them).
+        schedule_steps: Length of the warmup + cosine schedule (default: this run's last step).
     """
     if os.environ.get("RAY_TRAIN_V2_ENABLED", "1").lower() in ("0", "false"):
         raise RuntimeError("raysel's finetune resumes through Ray Train V2: unset RAY_TRAIN_V2_ENABLED")
@@ -232,15 +249,18 @@ def finetune(
     tokenizer = AutoTokenizer.from_pretrained(path)
     data, skipped = sft.table_examples(tokenizer, rows, template, cfg.max_length)
     world = cfg.num_workers
-    total = cfg.max_steps or cfg.epochs * sft.steps_per_epoch(len(data), world, cfg.batch_size)
-    fingerprint = _fingerprint(cfg, model, template, seed, data)
+    first = _read_meta(ray.train.Checkpoint(resume_from))["step"] if resume_from else 0
+    total = first + (cfg.max_steps or cfg.epochs * sft.steps_per_epoch(len(data), world, cfg.batch_size))
+    fingerprint = _fingerprint(cfg, model, template, seed, data, [resume_from, first, schedule_steps])
     checkpoint = _latest_checkpoint(storage_path, name, fingerprint)
     if checkpoint is None or not _read_meta(checkpoint)["done"]:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
         loop_config = {"cfg": cfg, "model": model, "data": ray.put(data), "pad_id": pad_id, "seed": seed}
-        loop_config |= {"total_steps": total, "fingerprint": fingerprint}
+        loop_config |= {"total_steps": total, "fingerprint": fingerprint, "init": resume_from, "first_step": first}
+        loop_config["schedule_steps"] = schedule_steps
         checkpoint = build_trainer(cfg, loop_config, storage_path, name, callbacks).fit().checkpoint
     summary = {"rows": len(data), "skipped_rows": skipped, "total_steps": total, **_read_meta(checkpoint)["metrics"]}
+    summary["checkpoint"] = checkpoint.path
     with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / _WEIGHTS, map_location="cpu", weights_only=True)
     sft.save_hf(sft.merged_model(path, cfg, state), tokenizer, Path(output_dir), {SUMMARY: summary})
@@ -248,10 +268,10 @@ def finetune(
     return Path(output_dir)
 
 
-def _fingerprint(cfg: TrainConfig, model: str, template: str, seed: int, data: sft.SftData) -> str:
+def _fingerprint(cfg: TrainConfig, model: str, template: str, seed: int, data: sft.SftData, start: list) -> str:
     """Identity of a run: what changes the trained weights (not checkpoint_every or CPUs per worker)."""
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("checkpoint_every", "cpus_per_worker")}
-    text = json.dumps([fields, model, template, seed, data.fingerprint()], sort_keys=True)
+    text = json.dumps([fields, model, template, seed, data.fingerprint(), start], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

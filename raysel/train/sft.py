@@ -35,18 +35,20 @@ MAX_GRAD_NORM = 1.0
 
 
 def sft_examples(
-    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_length: int
+    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_length: int, add_special_tokens: bool = True
 ) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels of prompt + response + eos, truncated to max_length (the head is kept).
 
     The answer starts where the scorer's does (raysel.backends.spans.answer_spans: the whole text is
     tokenized, the answer starts at len(tokenizer(prompt))). Labels are IGNORE_INDEX on the prompt tokens
     and equal to the ids on the answer and eos; a row whose answer was truncated away has no label left.
+    add_special_tokens=False: the prompts carry their own (IterIT's chat texts, as its code tokenizes them).
     """
     from raysel.backends.spans import answer_spans
 
     eos = tokenizer.eos_token or ""
-    ids, starts, _ = answer_spans(tokenizer, prompts, [r + eos for r in responses], max_length, None)
+    responses = [r + eos for r in responses]
+    ids, starts, _ = answer_spans(tokenizer, prompts, responses, max_length, None, add_special_tokens)
     return [(row, [IGNORE_INDEX] * min(s, len(row)) + row[s:]) for row, s in zip(ids, starts, strict=True)]
 
 
@@ -59,9 +61,10 @@ def table_examples(tokenizer: Any, rows: pa.Table, template: str, max_length: in
 
     cols = [rows.column(c).to_pylist() for c in (schema.INSTRUCTION, schema.INPUT, schema.OUTPUT)]
     prompts = [
-        build_prompt(template, i, x, lambda u: render_chat(tokenizer, u)) for i, x in zip(*cols[:2], strict=True)
+        build_prompt(template, i, x, lambda u, system=None: render_chat(tokenizer, u, system))
+        for i, x in zip(*cols[:2], strict=True)
     ]
-    examples = sft_examples(tokenizer, prompts, cols[2], max_length)
+    examples = sft_examples(tokenizer, prompts, cols[2], max_length, add_special_tokens=template != "iterit")
     kept = [e for e in examples if any(y != IGNORE_INDEX for y in e[1])]
     skipped = len(examples) - len(kept)
     if skipped:
