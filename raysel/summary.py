@@ -49,8 +49,19 @@ def print_summary(result: RunResult, *, demo: bool = False) -> None:
             "clusters, "
             f"{train.get('step', '?')} SFT steps (final loss {train.get('loss', float('nan')):.3f}) -> {pre['model']}"
         )
+    it = m.get("iterit")
+    if it:
+        print(f"  iterit: k {it['k']} of {it['rows']} rows per epoch, {it['strategy']}")
+        for e in it["epochs"]:
+            t = e.get("train", {})
+            print(
+                f"    epoch {e['epoch']}: re-scored {e['rescored']}, candidates (IFD < 1) {e.get('candidates', '-')}, "
+                f"picked {e['picked']}, trained to step {t.get('step', '?')} (loss {t.get('loss', float('nan')):.3f})"
+            )
+        print(f"  model: {it['model']}")
     if (out / "selected.jsonl").exists():
-        print(f"  IFD > 1 (excluded) {c['ifd_above_1']}  passed {c['passed']}  selected {c['selected']}")
+        above = "IFD >= 1" if it else "IFD > 1"
+        print(f"  {above} (excluded) {c['ifd_above_1']}  passed {c['passed']}  selected {c['selected']}")
     for name in ("selected.jsonl", "scores.parquet", "rejected.jsonl", "manifest.json", "config.yaml"):
         if (out / name).exists():
             print(f"  {out / name}")

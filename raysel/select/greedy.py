@@ -214,7 +214,7 @@ def iterit_ranking(
     Candidates are rows with a finite score < 1. Picks: greedy_select over TF-IDF of the candidates'
     texts (diversity=True, the authors' "BOTH"), or the top k by score ("IFD"). Order: the picks in pick
     order, then rows with score >= 1 in window order, then the other candidates by score descending
-    (ties by window position). Rows with a NaN score are left out (the caller rejects them).
+    (ties by window position). Rows with a non-finite score are left out (the caller rejects them).
 
     Args:
         scores: Complexity per window row (float32 or float64), in the current ranking's order.
