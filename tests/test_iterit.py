@@ -185,6 +185,7 @@ def test_cli_iterit_real_model(ray_local, shared_data: Path, tmp_path: Path, cap
         "select", "--method", "iterit", "--input", str(shared_data / "alpaca_gpt4_1k.json"), "--output", str(out),
         "--limit", "16", "--k", "3", "--max-length", "192", "--iterit.epochs", "2", "--iterit.update_ratio", "2",
         "--train.batch_size", "3", "--train.micro_batch_size", "3", "--train.lr", "1e-4", "--train.max_length", "192",
+        "--train.warmup_ratio", "0",
         "--score.batch_size", "8",
     ]  # fmt: skip
     assert main(argv) == 0
