@@ -13,7 +13,7 @@ at 1M rows. Here the same picks come from
   popped row is re-evaluated: if its key still holds it is the argmax (ties: lowest row, as np.argmax),
   otherwise it goes back with its new value. Only rows that reach the top are ever re-evaluated.
 
-`greedy_reference` is the authors' loop, written plainly, for tests and benchmarks.
+`greedy_reference` / `reference_loop` are the authors' loop, written plainly, for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -185,13 +185,20 @@ def greedy_select(ifd: np.ndarray, tfidf: sp.csr_matrix, k: int, decay: float = 
 
 
 def greedy_reference(ifd: np.ndarray, texts: Sequence[str], k: int, decay: float = 0.1) -> np.ndarray:
-    """The authors' loop as written (sklearn TF-IDF, CSC columns rescaled one by one), stopping when no row
-    scores above 0. O(k x nnz): for tests and benchmarks only."""
-    from scipy.sparse import find
+    """The authors' selection as written (sklearn TF-IDF, then reference_loop). O(k x nnz): for tests and
+    benchmarks only."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    scores = np.asarray(ifd, dtype=np.float64)
     matrix = TfidfVectorizer(ngram_range=(1, 3)).fit_transform(list(texts)).tocsc()
+    return reference_loop(ifd, matrix, k, decay)
+
+
+def reference_loop(ifd: np.ndarray, matrix: sp.csc_matrix, k: int, decay: float = 0.1) -> np.ndarray:
+    """The authors' pick loop on a CSC TF-IDF matrix (modified in place): per pick every row sum recomputed
+    and the pick's columns rescaled one by one; stops when no row scores above 0."""
+    from scipy.sparse import find
+
+    scores = np.asarray(ifd, dtype=np.float64)
     picks: list[int] = []
     for _ in range(min(k, len(scores))):
         final = scores * np.asarray(matrix.sum(axis=1)).ravel()
