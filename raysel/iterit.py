@@ -123,7 +123,7 @@ def run_iterit(
         return write_parquet_stream(_with_positions(_arrow(apply(rows(), IfdScoreStage, score_cfg))), path, ALL_SCHEMA)
 
     every = Steps(out, out / "round_0", timings).run("score", key, score_all)
-    base = pq.read_table(every, columns=[S.SCORE_IFD_PPL, S.REJECT_REASON])
+    base = pq.read_table(every, columns=[S.SCORE_IFD_PPL])
     n = base.num_rows
     if n == 0:
         raise ValueError("iterit has no rows to select from: every row was rejected before scoring")
