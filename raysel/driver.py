@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from raysel.config import RunConfig, ScoreConfig, dump_yaml
 from raysel.dedupe import exact_report, find_duplicates, near_duplicates
 from raysel.io import (
     LIGHT_CPUS,
+    arrow_batches,
     expand_input,
     fingerprint,
     read_corpus,
@@ -61,10 +61,6 @@ def _init_ray() -> dict[str, Any]:
         "cpus": ray.cluster_resources().get("CPU", 0),
         "gpus": ray.cluster_resources().get("GPU", 0),
     }
-
-
-def _arrow(ds) -> Iterator[pa.Table]:
-    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def _compact(batch: pa.Table) -> pa.Table:
@@ -130,11 +126,8 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     data_key = {"data": rows_cfg, "files": fingerprint(files), "code": _code_hash()}
 
     def ingest(path: Path) -> int:
-        return write_parquet_stream(
-            _arrow(read_corpus(cfg.data, files).map_batches(_compact, batch_format="pyarrow", num_cpus=LIGHT_CPUS)),
-            path,
-            S.COMPACT_SCHEMA,
-        )
+        ds = read_corpus(cfg.data, files).map_batches(_compact, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+        return write_parquet_stream(arrow_batches(ds), path, S.COMPACT_SCHEMA)
 
     compact = pq.read_table(steps.run("ingest", data_key, ingest))
     if cfg.data.strict:
@@ -168,7 +161,7 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
     def score(path: Path) -> int:
         if parsed == len(dropped):  # nothing to score: no model start
             return write_parquet_stream([], path, S.SCORED_SCHEMA)
-        return write_parquet_stream(_arrow(apply(rows(), IfdScoreStage, score_cfg)), path, S.SCORED_SCHEMA)
+        return write_parquet_stream(arrow_batches(apply(rows(), IfdScoreStage, score_cfg)), path, S.SCORED_SCHEMA)
 
     pre_key = extra.get("pre_experience", {}).get("key")
     scored = steps.run("score", key | {"score": scoring_identity(score_cfg), "pre": pre_key}, score)

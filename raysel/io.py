@@ -161,6 +161,11 @@ def write_parquet_stream(batches: Iterable[pa.Table], path: Path, empty_schema: 
     return rows
 
 
+def arrow_batches(ds: ray.data.Dataset) -> Iterator[pa.Table]:
+    """A dataset's output as Arrow tables, block by block (in order when the context preserves it)."""
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
 def iter_parquet(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """A Parquet file's rows in order, in record batches of bounded size."""
     with pq.ParquetFile(path) as f:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.config import ConfigError, RunConfig, ScoreConfig
-from raysel.io import LIGHT_CPUS, write_parquet_stream
+from raysel.io import LIGHT_CPUS, arrow_batches, write_parquet_stream
 from raysel.select.topk import BELOW_CUTOFF, IFD_ABOVE_1, SELECTED, UNSCORED, Selection
 from raysel.steps import Steps
 
@@ -65,10 +65,6 @@ class IterItResult:
 
 def _digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(Steps.stamp(key).encode()).hexdigest()[:12]
-
-
-def _arrow(ds: ray.data.Dataset) -> Iterator[pa.Table]:
-    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def _with_positions(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
@@ -120,7 +116,8 @@ def run_iterit(
     key = key | {"method": "iterit", "score": scoring_identity(score_cfg)}
 
     def score_all(path: Path) -> int:
-        return write_parquet_stream(_with_positions(_arrow(apply(rows(), IfdScoreStage, score_cfg))), path, ALL_SCHEMA)
+        scored = apply(rows(), IfdScoreStage, score_cfg)
+        return write_parquet_stream(_with_positions(arrow_batches(scored)), path, ALL_SCHEMA)
 
     every = Steps(out, out / "round_0", timings).run("score", key, score_all)
     base = pq.read_table(every, columns=[S.SCORE_IFD_PPL])
@@ -220,7 +217,7 @@ def _rescore(every: Path, window: np.ndarray, cfg: ScoreConfig, path: Path) -> i
     ds = ds.map_batches(
         _in_window, fn_kwargs={"positions": pa.array(np.sort(window))}, batch_format="pyarrow", num_cpus=LIGHT_CPUS
     )
-    tables = (t.select(RESCORE_SCHEMA.names).cast(RESCORE_SCHEMA) for t in _arrow(apply(ds, IfdScoreStage, cfg)))
+    tables = (t.select(RESCORE_SCHEMA.names).cast(RESCORE_SCHEMA) for t in arrow_batches(apply(ds, IfdScoreStage, cfg)))
     return write_parquet_stream(tables, path, RESCORE_SCHEMA)
 
 
