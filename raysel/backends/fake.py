@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from raysel.backends.base import Embeddings, TokenLoss
-from raysel.config import EmbedConfig, ScoreConfig
+from raysel.backends.base import Embeddings, Generation, GenParams, TokenLoss
+from raysel.config import EmbedConfig, GenerateConfig, ScoreConfig
 
 
 def _tokens(text: str) -> list[str]:
@@ -76,3 +76,29 @@ class FakeEmbedder:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         ppl = np.array([1.0 + len(t.split()) for t in texts], dtype=np.float32)
         return Embeddings(vectors=vectors, ppl=ppl)
+
+
+class FakeGenerator:
+    """Answers with hashed pseudo-words (whitespace "tokens"), deterministic per (prompt, seed); plumbing only."""
+
+    def __init__(self, cfg: GenerateConfig) -> None:
+        self.cfg = cfg
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        return FakeLossScorer.chat_prompt(self, user, system)  # type: ignore[arg-type]
+
+    def generate(self, prompts: Sequence[str], params: GenParams) -> list[Generation]:
+        out = []
+        for prompt in prompts:
+            words = _tokens(prompt)
+            cut = len(words) > params.max_prompt_tokens
+            words = words[-params.max_prompt_tokens :]
+            key = f"{params.seed}|{params.temperature}|{' '.join(words)}".encode()
+            rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little"))
+            n = int(rng.integers(1, 2 * params.max_new_tokens + 1))  # about half stop before the limit
+            length = n > params.max_new_tokens
+            n = min(n, params.max_new_tokens)
+            text = " ".join(f"w{int(x)}" for x in rng.integers(0, 1000, size=n))
+            reason = ("truncated_prompt:" if cut else "") + ("length" if length else "stop")
+            out.append(Generation(text=text, prompt_tokens=len(words), output_tokens=n, finish_reason=reason))
+        return out
