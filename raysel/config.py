@@ -268,6 +268,8 @@ class GenerateConfig:
     """Sampling temperature; 0 = greedy (deterministic)."""
     top_p: float = 1.0
     """Nucleus sampling mass (with temperature > 0)."""
+    seed: int = 0
+    """Sampling seed (with temperature > 0)."""
     max_prompt_tokens: int = 1024
     """Prompts longer than this many tokens keep their last max_prompt_tokens tokens (recorded per row)."""
     batch_size: int = 32

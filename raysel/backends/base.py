@@ -83,8 +83,8 @@ class GenParams:
     """Longer prompts keep their last max_prompt_tokens tokens."""
 
     @classmethod
-    def of(cls, cfg: GenerateConfig, seed: int = 0) -> GenParams:
-        return cls(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed, cfg.max_prompt_tokens)
+    def of(cls, cfg: GenerateConfig) -> GenParams:
+        return cls(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, cfg.max_prompt_tokens)
 
 
 @dataclass(frozen=True)
