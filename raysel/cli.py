@@ -53,9 +53,12 @@ def _common(p: argparse.ArgumentParser, *, selecting: bool) -> None:
         help="IFD with a pre-experienced model: K-Means sample -> brief SFT -> score with it (the paper's pipeline)",
     )
     if selecting:
-        p.add_argument("--method", help="ifd")
+        p.add_argument("--method", help="ifd (default), iterit or iterselecttune")
         group = p.add_mutually_exclusive_group()
-        group.add_argument("--ratio", help="keep this fraction of rows with IFD <= 1 (default 0.1)")
+        group.add_argument(
+            "--ratio", help="ifd: keep this fraction of rows with IFD <= 1 (default 0.1); iterit / iterselecttune: "
+            "picks per epoch (0.05) / the budget (0.2), as a fraction of the rows"
+        )
         group.add_argument("--k", help="keep this many rows")
 
 
@@ -146,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run(cfg, select=args.command != "score")
     except Exception as e:
+        from raysel.iterselecttune import BudgetReached
+
+        if isinstance(e, BudgetReached):
+            print(f"raysel: stopped: {e}", file=sys.stderr)
+            return 3
         user_error = _user_error(e)
         if user_error is None:
             raise

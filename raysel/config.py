@@ -292,7 +292,9 @@ class GenerateConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"generate.{name} must be positive, got {getattr(self, name)}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError(f"generate.temperature must be >= 0 and top_p in (0, 1]: {self.temperature}, {self.top_p}")
+            raise ConfigError(
+                f"generate.temperature must be >= 0 and top_p in (0, 1]: {self.temperature}, {self.top_p}"
+            )
 
 
 def _local_judge() -> GenerateConfig:
@@ -411,7 +413,8 @@ class IterSelectTuneConfig:
     def __post_init__(self) -> None:
         if not 0 < self.subset_ratio <= 1 or not 0 < self.batch_ratio <= 1:
             raise ConfigError(
-                f"iterselecttune.subset_ratio and batch_ratio must be in (0, 1]: {self.subset_ratio}, {self.batch_ratio}"
+                "iterselecttune.subset_ratio and batch_ratio must be in (0, 1]: "
+                f"{self.subset_ratio}, {self.batch_ratio}"
             )
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"iterselecttune.alpha must be in [0, 1], got {self.alpha}")

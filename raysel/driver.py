@@ -1,5 +1,5 @@
 """A run: ingest -> dedupe (exact, near) -> the method (IFD: [pre-experience] -> score -> select; IterIT:
-raysel.iterit) -> write.
+raysel.iterit; IterSelectTune: raysel.iterselecttune) -> write.
 
 Completed steps are skipped on a rerun."""
 
@@ -153,6 +153,12 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
         result = run_iterit(cfg, out, rows, key, steps.timings)
         return _write(cfg, out, compact, dropped, result.scored, select, steps, cluster,
                       {"duplicates": duplicates, "iterit": result.section}, result.selection)  # fmt: skip
+    if cfg.select.method == "iterselecttune":
+        from raysel.iterselecttune import run_iterselecttune
+
+        res = run_iterselecttune(cfg, out, rows, key, steps.timings)
+        return _write(cfg, out, compact, dropped, res.scored, select, steps, cluster,
+                      {"duplicates": duplicates, "iterselecttune": res.section}, res.selection)  # fmt: skip
     score_cfg, extra = cfg.score, {}
     if cfg.pre_experience.enabled and parsed > len(dropped):
         model, extra["pre_experience"] = pre_experience(cfg, steps, rows, key)

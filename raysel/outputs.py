@@ -19,7 +19,11 @@ from raysel.config import RunConfig
 from raysel.io import iter_parquet, write_jsonl, write_parquet_stream
 from raysel.select.topk import IFD_ABOVE_1, Selection, select_top_ifd
 
-SCORE_COLUMNS = (S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.SCORE_IFD_PPL, S.N_ANSWER_TOKENS)
+SCORE_COLUMNS = (
+    S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.SCORE_IFD_PPL, S.N_ANSWER_TOKENS,
+    S.SCORE_CLASSIFIER, S.SCORE_SIMILARITY, S.SCORE_IST, S.JUDGE_VERDICT, S.JUDGE_SCORE_REF, S.JUDGE_SCORE_MODEL,
+)  # fmt: skip
+"""Score columns copied into selected.jsonl (those the method's table has)."""
 
 
 def finish(
@@ -36,8 +40,12 @@ def finish(
     `dropped` maps the source of each row left out before scoring (a duplicate) to the reason. `selection`
     is the method's (IterIT's); by default the IFD top k of `scored`.
     """
-    table = pq.read_table(scored, columns=[S.SCORE_IFD, S.REJECT_REASON])
-    ifd = table[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64)
+    has_ifd = S.SCORE_IFD in pq.read_schema(scored).names  # IterSelectTune scores no IFD
+    table = pq.read_table(scored, columns=[S.SCORE_IFD, S.REJECT_REASON] if has_ifd else [S.REJECT_REASON])
+    if has_ifd:
+        ifd = table[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64)
+    else:  # every row the method kept counts as scored unless it carries a reason
+        ifd = np.where(pc.equal(table[S.REJECT_REASON], "").to_numpy(zero_copy_only=False), 0.0, np.nan)
     sel = selection or select_top_ifd(ifd, ratio=cfg.select.ratio, k=cfg.select.k)
     _write_scores(scored, out / "scores.parquet", sel if select else None)
     n_selected = write_jsonl(_selected_rows(scored, sel.selected), out / "selected.jsonl") if select else 0
@@ -89,7 +97,8 @@ def _write_scores(scored: Path, dest: Path, sel) -> None:
 def _selected_rows(scored: Path, selected: np.ndarray) -> Iterator[dict[str, Any]]:
     """Original fields + id + scores, in input order."""
     offset = 0
-    for t in iter_parquet(scored, columns=[S.ID, S.RAW, *SCORE_COLUMNS]):
+    names = set(pq.read_schema(scored).names)
+    for t in iter_parquet(scored, columns=[S.ID, S.RAW, *(c for c in SCORE_COLUMNS if c in names)]):
         mask = selected[offset : offset + t.num_rows]
         offset += t.num_rows
         for row in t.filter(pa.array(mask)).to_pylist():

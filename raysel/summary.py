@@ -59,7 +59,20 @@ def print_summary(result: RunResult, *, demo: bool = False) -> None:
                 f"picked {e['picked']}, trained to step {t.get('step', '?')} (loss {t.get('loss', float('nan')):.3f})"
             )
         print(f"  model: {it['model']}")
-    if (out / "selected.jsonl").exists():
+    ist = m.get("iterselecttune")
+    if ist:
+        j = ist["judge"]
+        print(f"  iterselecttune: diversity subset {ist['subset']} of {ist['rows']} rows, budget {ist['budget']}, "
+              f"batch {ist['batch']}; stopped: {ist['stop']}")  # fmt: skip
+        for r in ist["rounds"]:
+            judged = r.get("judge")
+            verdicts = ", ".join(f"{k} {v}" for k, v in sorted(judged["verdicts"].items())) if judged else ""
+            print(f"    round {r['round']} ({r['kind']}): took {r['batch']} of {r['candidates']}, "
+                  f"+{r['hard_added']} hard (total {r['hard_total']})" + (f"; judge: {verdicts}" if judged else ""))
+        print(f"  selected {ist['selected']}: {ist['rows_by_judge']} by the judge, {ist['rows_by_classifier']} by the "
+              f"classifier; judge {j['model']}: {j['calls']} calls, {j['judgements']} judgements "
+              f"({j['judgements_if_every_candidate']} to judge every candidate), ${j['cost_usd']:.4f}")  # fmt: skip
+    if (out / "selected.jsonl").exists() and not ist:
         above = "IFD >= 1" if it else "IFD > 1"
         print(f"  {above} (excluded) {c['ifd_above_1']}  passed {c['passed']}  selected {c['selected']}")
     for name in ("selected.jsonl", "scores.parquet", "rejected.jsonl", "manifest.json", "config.yaml"):

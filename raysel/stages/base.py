@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from raysel.config import ScoreConfig
+from raysel.config import GenerateConfig, ScoreConfig
 
 if TYPE_CHECKING:
     import ray.data
@@ -21,9 +21,9 @@ class StageSpec:
     batch_size: int
 
     @classmethod
-    def for_backend(cls, cfg: ScoreConfig) -> StageSpec:
+    def for_backend(cls, cfg: ScoreConfig | GenerateConfig) -> StageSpec:
         """Resources from the backend, in one place: vllm takes tensor_parallel_size GPUs unless on CPU;
-        hf takes one GPU on cuda and none on CPU; an explicit score.num_gpus wins."""
+        hf takes one GPU on cuda and none on CPU; an explicit num_gpus wins. Any config with these fields."""
         if cfg.num_gpus is not None:
             gpus = cfg.num_gpus
         elif cfg.backend == "vllm":
