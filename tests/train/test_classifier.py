@@ -56,24 +56,10 @@ def test_minilm_learns_a_separable_labelling_of_real_rows(ray_local, shared_data
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> str:
-    """A random-init 2-layer BERT with a word-level tokenizer (fast, for the plumbing tests)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from tiny_bert import build_tiny_bert
 
-    words = "alpha beta gamma delta write explain a the poem why sky blue story list".split()
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(words, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
-    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    words = "alpha beta gamma delta write explain a the poem why sky blue story list"
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), [words])
 
 
 def test_training_is_deterministic_and_learns_words(ray_local, tiny_bert, tmp_path) -> None:
