@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -260,16 +260,7 @@ class JudgeCache:
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._records: dict[str, dict[str, Any]] = {}
-        for path in sorted(self.dir.glob("*.jsonl")):
-            with path.open(encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue  # the last line of a writer killed mid-record
-                    if isinstance(record, dict) and "key" in record:
-                        self._records[record["key"]] = record
+        self._records = {r["key"]: r for r in cache_records(self.dir) if r.get("key")}  # key None: spend only
         self._lock = threading.Lock()
         self._file: Any = None
 
@@ -279,7 +270,8 @@ class JudgeCache:
     def get(self, key: str) -> dict[str, Any] | None:
         return self._records.get(key)
 
-    def put(self, key: str, record: dict[str, Any]) -> None:
+    def put(self, key: str | None, record: dict[str, Any]) -> None:
+        """Append a judgement (or, with key None, only the cost of calls whose judgement is not kept)."""
         record = {"key": key, **record}
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
@@ -288,7 +280,26 @@ class JudgeCache:
                 self._file = (self.dir / name).open("a", encoding="utf-8")
             self._file.write(line)
             self._file.flush()
-            self._records[key] = record
+            if key is not None:
+                self._records[key] = record
+
+
+def cache_records(directory: str | Path) -> Iterator[dict[str, Any]]:
+    """Every record of every writer's file in a judge cache directory (a torn last line skipped)."""
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # the last line of a writer killed mid-record
+                if isinstance(record, dict):
+                    yield record
+
+
+def cache_spend(directory: str | Path) -> float:
+    """USD of every call recorded in a judge cache directory, by every writer (0 when there is none)."""
+    return float(sum(r.get("cost_usd", 0.0) for r in cache_records(directory)))
 
 
 class Budget:
@@ -377,15 +388,15 @@ class OpenAIClient:
                 "unset or empty: export it on every node (or set judge.api_key_env to the variable that holds it)"
             )
         self.cfg, self._openai, self._key = cfg, openai, key
-        self.endpoint = cfg.base_url or "https://api.openai.com/v1"
         self.identity = f"openai|{cfg.model}|temperature={cfg.temperature}|max_tokens={cfg.max_tokens}"
         self._client = openai.OpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=cfg.timeout_s)
+        self.endpoint = str(self._client.base_url).rstrip("/")
 
     def call(self, prompt: PairPrompt, stop: threading.Event) -> Reply:
         oa, cfg = self._openai, self.cfg
         failure = ""
         for attempt in range(cfg.max_retries + 1):
-            delay = None
+            delay, rejected = None, ""
             try:
                 resp = self._client.chat.completions.create(
                     model=cfg.model,
@@ -398,16 +409,17 @@ class OpenAIClient:
                 pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (None, None)
                 return Reply(text, pt, ct, attempt + 1)
             except oa.APIStatusError as exc:
+                failure, delay = f"HTTP {exc.status_code}", retry_after(exc.response.headers, cfg.backoff_max_s)
                 if exc.status_code not in (408, 429) and exc.status_code < 500:
-                    raise JudgeError(self._rejected(exc)) from None
-                failure = f"HTTP {exc.status_code}"
-                delay = retry_after(exc.response.headers, cfg.backoff_max_s)
+                    rejected = self._rejected(exc)
             except oa.APITimeoutError:
                 failure = f"no reply within judge.timeout_s={cfg.timeout_s:g}"
             except oa.APIConnectionError:
                 failure = "connection failed"
             except (ValueError, TypeError, AttributeError, IndexError, oa.APIResponseValidationError) as exc:
                 failure = f"malformed reply body ({type(exc).__name__})"
+            if rejected:  # raised outside `except`: the endpoint's error, which may echo the key, is not chained
+                raise JudgeError(rejected)
             if attempt < cfg.max_retries and stop.wait(
                 backoff_delay(cfg, attempt, prompt.nonce) if delay is None else delay
             ):
@@ -558,15 +570,29 @@ class Judge:
         return [f.result() for f in futures]
 
     def _judge_one(self, prompt: PairPrompt, key: str, stop: threading.Event) -> OrderResult:
-        assert self.client is not None
         res = OrderResult()
+        try:
+            self._ask(prompt, stop, res)
+        except BaseException:
+            if res.cost:  # paid attempts of an order that then failed still count against the budget
+                self.cache.put(None, {"cost_usd": res.cost})
+            raise
+        if not res.budget:
+            self._store(key, res)
+        elif res.cost:  # not judged (not cached), but paid for
+            self.cache.put(None, {"cost_usd": res.cost})
+        return res
+
+    def _ask(self, prompt: PairPrompt, stop: threading.Event, res: OrderResult) -> None:
+        """Ask until a verdict parses (1 + parse_retries calls), accumulating into `res`."""
+        assert self.client is not None
         worst = self.price.cost(max_prompt_tokens(prompt), self.cfg.max_tokens)
         for _ in range(1 + self.cfg.parse_retries):
             if stop.is_set():
                 raise JudgeUnavailable("stopped: another request of the batch failed")
             if not self.budget.reserve(worst):
-                res.budget = True
-                return res  # not judged, not cached: a resume with more budget judges it
+                res.budget = True  # not judged, not cached: a resume with more budget judges it
+                return
             spent = worst  # a call that raises, or reports no usage, counts as its worst case
             try:
                 reply = self.client.call(prompt, stop)
@@ -581,9 +607,7 @@ class Judge:
             res.reply = reply.text
             res.scores = parse_verdict(reply.text, prompt.nonce)
             if res.scores is not None:
-                break
-        self._store(key, res)
-        return res
+                return
 
 
 def judge_accounting(cfg: JudgeConfig, columns: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
