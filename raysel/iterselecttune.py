@@ -455,7 +455,7 @@ def _section(cfg, n, subset, budget, batch, rounds, hard, entered, stop, classif
         "rows_by_classifier": int((entered == "classifier").sum()),
         "judge": {
             "backend": cfg.judge.backend,
-            "model": cfg.judge.model if cfg.judge.backend == "openai" else cfg.judge.local.model,
+            "model": {"openai": cfg.judge.model, "local": cfg.judge.local.model}.get(cfg.judge.backend, "fake"),
             "calls": calls,
             "judgements": made,
             "cost_usd": round(sum(j["cost_usd"] for j in judged), 6),
