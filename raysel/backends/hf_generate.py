@@ -40,10 +40,14 @@ def eos_ids(tokenizer, generation_config: GenerationConfig | None) -> list[int]:
 
 
 def to_generations(
-    tokenizer, new_ids: Sequence[Sequence[int]], prompt_ids: Sequence[Sequence[int]], cut: Sequence[bool], reasons
+    tokenizer, new_ids: Sequence[Sequence[int]], prompt_ids: Sequence[Sequence[int]], cut: Sequence[bool], reasons: Sequence[str]
 ) -> list[Generation]:
-    """Generations from the new token ids of each row (ending at and including its EOS when it stopped)."""
+    """Generations from the new token ids of each row (ending at and including its EOS when it stopped).
+
+    An answer cut at max_new_tokens can end inside a multi-byte character, which decodes to U+FFFD: dropped,
+    as vLLM's incremental detokenizer does, so both backends give the same text."""
     texts = tokenizer.batch_decode([list(r) for r in new_ids], skip_special_tokens=True) if new_ids else []
+    texts = [t.rstrip("\ufffd") if r == "length" else t for t, r in zip(texts, reasons, strict=True)]
     return [
         Generation(text=text, prompt_tokens=len(p), output_tokens=len(n), finish_reason=(TRUNCATED if c else "") + r)
         for text, n, p, c, r in zip(texts, new_ids, prompt_ids, cut, reasons, strict=True)
