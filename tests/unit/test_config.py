@@ -213,3 +213,34 @@ def test_cli_exponent_float_is_coerced() -> None:
 def test_cli_engine_kwargs_values_are_coerced() -> None:
     cfg = _load(score__engine_kwargs__tensor_parallel_size="2", score__engine_kwargs__enforce_eager="true")
     assert cfg.score.engine_kwargs == {"tensor_parallel_size": 2, "enforce_eager": True}
+
+
+def _ist(**extra) -> dict:
+    return {"output": "o", "data.input": "i", "select.method": "iterselecttune"} | extra
+
+
+def test_iterselecttune_defaults_and_sections() -> None:
+    cfg = load_config(None, _ist())
+    assert cfg.select.ratio == 0.2 and cfg.judge.backend == "local" and cfg.judge.local.model == "smollm2"
+    assert cfg.iterselecttune.alpha == 0.8 and cfg.iterselecttune.training_rounds == 3
+    assert load_config(None, _ist(**{"select.k": 7})).select.ratio is None  # k given: no default ratio
+    nested = load_config(None, _ist(**{"judge.local.backend": "vllm", "judge.local.max_new_tokens": "12"}))
+    assert nested.judge.local.backend == "vllm" and nested.judge.local.max_new_tokens == 12
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("iterselecttune.alpha", 1.5, "alpha must be in"),
+        ("iterselecttune.subset_ratio", 0, "subset_ratio and batch_ratio"),
+        ("iterselecttune.batch", 0, "batch must be positive"),
+        ("judge.budget_usd", -1, "budget_usd must be >= 0"),
+        ("judge.backend", "gpt4", "is not one of"),
+        ("generate.temperature", -0.5, "temperature must be >= 0"),
+        ("classifier.epochs", 0, "classifier.epochs must be positive"),
+        ("pre_experience.enabled", True, "iterselecttune does not score IFD"),
+    ],
+)
+def test_iterselecttune_bad_values_name_the_key(key: str, value, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, _ist(**{key: value}))
