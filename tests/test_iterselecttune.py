@@ -270,9 +270,11 @@ def test_cli_local_judge_real_models(ray_local, shared_data: Path, tmp_path: Pat
                 assert j[S.JUDGE_VERDICT] in ("reference", "model", "tie")
                 assert 1 <= j[S.JUDGE_SCORE_REF] <= 10 and 1 <= j[S.JUDGE_SCORE_MODEL] <= 10
         assert ist["rounds"][r]["judge"]["calls"] == 8 and ist["rounds"][r]["judge"]["cost_usd"] == 0
+        assert sum(ist["rounds"][r]["judge"]["verdicts"].values()) == 4
+    # SmolLM2-135M rarely writes a readable pair of scores: its unreadable verdicts label nothing, and the
+    # classifier is trained only once some row has a label.
     labelled = sum(v for r in ist["rounds"][:2] for k, v in r["judge"]["verdicts"].items() if k != "unparsed")
-    assert labelled > 0, "the local judge gave no readable verdict"
-    assert (out / "round_1" / "classifier" / "classifier.json").exists() or labelled < 4
+    assert (out / "round_1" / "classifier" / "classifier.json").exists() == (labelled > 0)
     selected = (out / "selected.jsonl").read_text().splitlines()
     assert len(selected) == 8 and ist["rows_by_judge"] + ist["rows_by_classifier"] == 8
     assert "iterselecttune: diversity subset 16 of 16 rows" in printed
