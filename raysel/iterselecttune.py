@@ -270,6 +270,8 @@ def run_iterselecttune(
     }))  # fmt: skip
     selection = _selection(n, hard, in_subset, taken_round, verdict)
     section = _section(cfg, n, int(in_subset.sum()), budget, batch, rounds, hard, entered, stop, classifier)
+    if cfg.judge.backend == "openai":  # what the cache records as paid, killed attempts included
+        section["judge"]["cache_spent_usd"] = round(judge_spent(cfg, out), 6)
     return IstResult(scored=scored, selection=selection, section=section)
 
 

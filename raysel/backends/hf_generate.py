@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import math
 from collections.abc import Sequence
@@ -87,8 +88,15 @@ class HfGenerator:
 
     def __init__(self, cfg: GenerateConfig) -> None:
         self.cfg = cfg
+        # On CPU, sub-batches run side by side in 1-thread generates, one per CPU, as HfLossScorer does: a
+        # small model's matmuls scale poorly across threads, and a team of OpenMP threads stalls whenever
+        # one of them loses its core (Ray's own processes take slices of a small machine's cores).
+        self.threads = max(1, math.ceil(cfg.num_cpus)) if cfg.device == "cpu" else 1
+        self._pool = None
         if cfg.device == "cpu":
-            torch.set_num_threads(max(1, math.ceil(cfg.num_cpus)))
+            torch.set_num_threads(1)
+            if self.threads > 1:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="raysel-gen")
         path = resolve_model(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
@@ -112,13 +120,18 @@ class HfGenerator:
     def generate_ids(self, ids: Sequence[Sequence[int]], params: GenParams) -> tuple[list[list[int]], list[str]]:
         """New token ids per prompt (token ids in; the EOS included when it stopped) and "stop" / "length".
 
-        Runs sub-batches of cfg.batch_size prompts of similar length (less padding)."""
+        Runs sub-batches of at most cfg.batch_size prompts of similar length (less padding), at least one
+        per thread."""
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+        size = max(1, min(self.cfg.batch_size, math.ceil(len(ids) / self.threads)))
+        batches = [order[start : start + size] for start in range(0, len(order), size)]
+
+        def run(rows: list[int]) -> list[list[int]]:
+            return self._generate([ids[i] for i in rows], params)
+
         out: list[list[int]] = [[] for _ in ids]
-        size = self.cfg.batch_size
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            for i, new in zip(rows, self._generate([ids[i] for i in rows], params), strict=True):
+        for rows, news in zip(batches, self._pool.map(run, batches) if self._pool else map(run, batches), strict=True):
+            for i, new in zip(rows, news, strict=True):
                 out[i] = new
         return out, ["stop" if row and row[-1] in self.eos else "length" for row in out]
 
