@@ -41,7 +41,11 @@ def eos_ids(tokenizer, generation_config: GenerationConfig | None) -> list[int]:
 
 
 def to_generations(
-    tokenizer, new_ids: Sequence[Sequence[int]], prompt_ids: Sequence[Sequence[int]], cut: Sequence[bool], reasons: Sequence[str]
+    tokenizer,
+    new_ids: Sequence[Sequence[int]],
+    prompt_ids: Sequence[Sequence[int]],
+    cut: Sequence[bool],
+    reasons: Sequence[str],
 ) -> list[Generation]:
     """Generations from the new token ids of each row (ending at and including its EOS when it stopped).
 
