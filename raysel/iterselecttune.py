@@ -270,6 +270,14 @@ def run_iterselecttune(
     }))  # fmt: skip
     selection = _selection(n, hard, in_subset, taken_round, verdict)
     section = _section(cfg, n, int(in_subset.sum()), budget, batch, rounds, hard, entered, stop, classifier)
+    labels = sum(v for r in rounds for k, v in r.get("judge", {}).get("verdicts", {}).items() if k in LABELLED)
+    if ist.training_rounds and not labels:
+        section["warning"] = (
+            "the judge gave no readable verdict in any training round: no classifier was trained, and the "
+            "selection rests on diversity and similarity alone (see judge_raw in round_*/judge.parquet; use a "
+            "stronger judge)"
+        )
+        print(f"[raysel] warning: {section['warning']}", flush=True)
     if cfg.judge.backend == "openai":  # what the cache records as paid, killed attempts included
         section["judge"]["cache_spent_usd"] = round(judge_spent(cfg, out), 6)
     return IstResult(scored=scored, selection=selection, section=section)
