@@ -1,6 +1,6 @@
 """Generation throughput: raysel's GenerateStage on Ray Data vs the same engine called directly, same prompts.
 
-Run: python benchmarks/generate_throughput.py [--rows 64] [--max-new-tokens 64] [--backends vllm,hf] [--batch-size 32]
+Run: python benchmarks/generate_throughput.py [--rows 64] [--max-new-tokens 64] [--batch-size 32] [--repeats 2]
 Each measurement runs in a child process of its own, one at a time (engine load excluded from the tok/s;
 the stage's end-to-end time includes it). Prints one JSON object; record it in benchmarks/RESULTS.md.
 """
@@ -42,8 +42,8 @@ def _timed(fn):
 
 
 def direct(args: argparse.Namespace, backend: str) -> dict:
-    """raysel's generator in-process, and the plain engine (transformers / vLLM) on the model it loaded;
-    the two alternate `repeats` times and the best time of each is kept."""
+    """raysel's generator in-process (all prompts in one call, and in the stage's calls of batch_size rows),
+    and the plain engine (transformers / vLLM) on the model it loaded."""
     from raysel.backends.base import GenParams, make_generator
 
     gen = make_generator(_config(args, backend, float(args.threads)))
@@ -51,22 +51,15 @@ def direct(args: argparse.Namespace, backend: str) -> dict:
     prompts = [gen.chat_prompt(user_text(r["instruction"], r["input"])) for r in _rows(args.rows)]
     gen.generate([gen.chat_prompt(WARMUP)], GenParams(max_new_tokens=4))
     plain = _plain_vllm if backend == "vllm" else _plain_hf
+    (texts, tokens), t_plain = _timed(lambda: plain(gen, prompts, args))
+    gens, t_whole = _timed(lambda: gen.generate(prompts, params))
     chunks = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
-    times: dict[str, list[float]] = {"plain": [], "raysel_generator": [], "raysel_generator_stage_batches": []}
-    for _ in range(args.repeats):
-        (texts, tokens), t = _timed(lambda: plain(gen, prompts, args))
-        times["plain"].append(t)
-        gens, t = _timed(lambda: gen.generate(prompts, params))
-        times["raysel_generator"].append(t)
-        # The calls the stage makes: batch_size rows at a time, in data order.
-        _, t = _timed(lambda: [gen.generate(c, params) for c in chunks])
-        times["raysel_generator_stage_batches"].append(t)
-    n_raysel = sum(g.output_tokens for g in gens)
-    out: dict = {k: {"s": round(min(v), 2), "tok_s": round(n_raysel / min(v), 1)} for k, v in times.items()}
-    out["plain"] |= {"tokens": tokens, "tok_s": round(tokens / min(times["plain"]), 1)}
-    return out | {
-        "tokens": n_raysel,
-        "all_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
+    _, t_chunks = _timed(lambda: [gen.generate(c, params) for c in chunks])
+    n = sum(g.output_tokens for g in gens)
+    return {
+        "plain": {"s": round(t_plain, 2), "tok_s": round(tokens / t_plain, 1), "tokens": tokens},
+        "raysel_generator": {"s": round(t_whole, 2), "tok_s": round(n / t_whole, 1), "tokens": n},
+        "raysel_generator_stage_batches": {"s": round(t_chunks, 2), "tok_s": round(n / t_chunks, 1), "tokens": n},
         "same_texts_as_plain": sum(a == g.text for a, g in zip(texts, gens, strict=True)),
         "texts": [g.text for g in gens],
     }
@@ -148,7 +141,7 @@ def stage(args: argparse.Namespace, backend: str) -> dict:
 def _child(args: argparse.Namespace, backend: str, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--child", f"{backend}:{mode}", "--rows", str(args.rows),
            "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
-           "--threads", str(args.threads), "--repeats", str(args.repeats)]  # fmt: skip
+           "--threads", str(args.threads)]  # fmt: skip
     load = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -158,11 +151,24 @@ def _child(args: argparse.Namespace, backend: str, mode: str) -> dict:
     return json.loads(lines[-1][len("RESULT ") :]) | {"loadavg": [round(load, 1), round(os.getloadavg()[0], 1)]}
 
 
-def _best_stage(args: argparse.Namespace, backend: str) -> dict:
-    """The stage run `repeats` times (a fresh actor and engine each time); the fastest kept."""
-    runs = [_child(args, backend, "stage") for _ in range(args.repeats)]
-    best = max(runs, key=lambda r: r["first_call_to_last"]["tok_s"])
-    return best | {"all_first_call_to_last_s": [r["first_call_to_last"]["s"] for r in runs]}
+def _best(runs: list[dict], keys: tuple[str, ...]) -> dict:
+    """Per measure, the fastest of the runs (other work on a shared machine only ever slows one down)."""
+    best = {k: max((r[k] for r in runs), key=lambda m: m["tok_s"]) | {"all_s": [r[k]["s"] for r in runs]} for k in keys}
+    return runs[0] | best | {"loadavg": [r["loadavg"] for r in runs]}
+
+
+def measure(args: argparse.Namespace, backend: str) -> dict:
+    """Direct and stage children alternate `repeats` times, so that both see the same spells of load."""
+    runs = [(_child(args, backend, "direct"), _child(args, backend, "stage")) for _ in range(args.repeats)]
+    d = _best([r[0] for r in runs], ("plain", "raysel_generator", "raysel_generator_stage_batches"))
+    s = _best([r[1] for r in runs], ("in_stage_busy", "first_call_to_last", "end_to_end"))
+    same = sum(a == b for a, b in zip(d.pop("texts"), s.pop("texts"), strict=True))
+    tok_s = s["first_call_to_last"]["tok_s"]
+    s["vs_raysel_generator"] = round(tok_s / d["raysel_generator"]["tok_s"], 3)
+    s["vs_raysel_generator_stage_batches"] = round(tok_s / d["raysel_generator_stage_batches"]["tok_s"], 3)
+    s["vs_plain"] = round(tok_s / d["plain"]["tok_s"], 3)
+    s["end_to_end_vs_raysel_generator"] = round(s["end_to_end"]["tok_s"] / d["raysel_generator"]["tok_s"], 3)
+    return {"direct": d, "stage": s, "same_texts_stage_vs_direct": same}
 
 
 def main() -> int:
@@ -172,7 +178,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backends", default="vllm,hf")
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the best is kept")
+    ap.add_argument("--repeats", type=int, default=2, help="direct/stage alternations; the best of each is kept")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not DATA.is_file():
@@ -188,14 +194,7 @@ def main() -> int:
         "repeats": args.repeats,
     }  # fmt: skip
     for backend in args.backends.split(","):
-        d, s = _child(args, backend, "direct"), _best_stage(args, backend)
-        same = sum(a == b for a, b in zip(d.pop("texts"), s.pop("texts"), strict=True))
-        ref = d["raysel_generator"]["tok_s"]
-        s["vs_raysel_generator"] = {k: round(s[k]["tok_s"] / ref, 3) for k in ("first_call_to_last", "end_to_end")}
-        same_calls = d["raysel_generator_stage_batches"]["tok_s"]
-        s["vs_raysel_generator_stage_batches"] = round(s["first_call_to_last"]["tok_s"] / same_calls, 3)
-        s["vs_plain"] = round(s["first_call_to_last"]["tok_s"] / d["plain"]["tok_s"], 3)
-        result[backend] = {"direct": d, "stage": s, "same_texts_stage_vs_direct": same}
+        result[backend] = measure(args, backend)
         print(json.dumps({backend: result[backend]}), file=sys.stderr, flush=True)
     print(json.dumps(result, indent=2))
     return 0
