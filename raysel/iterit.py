@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.config import ConfigError, RunConfig, ScoreConfig
-from raysel.io import LIGHT_CPUS, arrow_batches, write_parquet_stream
+from raysel.io import LIGHT_CPUS, arrow_batches, with_positions, write_parquet_stream
 from raysel.select.topk import BELOW_CUTOFF, IFD_ABOVE_1, SELECTED, UNSCORED, Selection
 from raysel.steps import Steps
 
@@ -65,15 +65,6 @@ class IterItResult:
 
 def _digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(Steps.stamp(key).encode()).hexdigest()[:12]
-
-
-def _with_positions(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
-    offset = 0
-    for t in tables:
-        yield t.select(S.SCORED_SCHEMA.names).append_column(
-            S.POSITION, pa.array(np.arange(offset, offset + t.num_rows, dtype=np.int64))
-        )
-        offset += t.num_rows
 
 
 def _in_window(batch: pa.Table, positions: pa.Array) -> pa.Table:
@@ -117,7 +108,7 @@ def run_iterit(
 
     def score_all(path: Path) -> int:
         scored = apply(rows(), IfdScoreStage, score_cfg)
-        return write_parquet_stream(_with_positions(arrow_batches(scored)), path, ALL_SCHEMA)
+        return write_parquet_stream(with_positions(arrow_batches(scored), S.SCORED_SCHEMA.names), path, ALL_SCHEMA)
 
     every = Steps(out, out / "round_0", timings).run("score", key, score_all)
     base = pq.read_table(every, columns=[S.SCORE_IFD_PPL])

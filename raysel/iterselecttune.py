@@ -31,7 +31,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.config import ConfigError, GenerateConfig, JudgeConfig, RunConfig
-from raysel.io import LIGHT_CPUS, arrow_batches, write_parquet_stream
+from raysel.io import LIGHT_CPUS, arrow_batches, with_positions, write_parquet_stream
 from raysel.select.topk import BELOW_CUTOFF, SELECTED, Selection
 from raysel.steps import Steps
 
@@ -91,15 +91,6 @@ class IstResult:
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(Steps.stamp(obj).encode()).hexdigest()[:12]
-
-
-def _with_positions(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
-    offset = 0
-    for t in tables:
-        yield t.select(S.CANONICAL_SCHEMA.names).append_column(
-            S.POSITION, pa.array(np.arange(offset, offset + t.num_rows, dtype=np.int64))
-        )
-        offset += t.num_rows
 
 
 def _at(batch: pa.Table, positions: pa.Array) -> pa.Table:
@@ -158,7 +149,9 @@ def run_iterselecttune(
     base = Steps(out, None, timings)
     key = key | {"method": "iterselecttune"}
     rows_path = base.run(
-        "ist_rows", key, lambda p: write_parquet_stream(_with_positions(arrow_batches(rows())), p, ROWS_SCHEMA)
+        "ist_rows",
+        key,
+        lambda p: write_parquet_stream(with_positions(arrow_batches(rows()), S.CANONICAL_SCHEMA.names), p, ROWS_SCHEMA),
     )
     n = pq.ParquetFile(rows_path).metadata.num_rows
     if n == 0:
