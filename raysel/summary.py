@@ -69,8 +69,9 @@ def print_summary(result: RunResult, *, demo: bool = False) -> None:
             verdicts = ", ".join(f"{k} {v}" for k, v in sorted(judged["verdicts"].items())) if judged else ""
             print(f"    round {r['round']} ({r['kind']}): took {r['batch']} of {r['candidates']}, "
                   f"+{r['hard_added']} hard (total {r['hard_total']})" + (f"; judge: {verdicts}" if judged else ""))
-        print(f"  selected {ist['selected']}: {ist['rows_by_judge']} by the judge, {ist['rows_by_classifier']} by the "
-              f"classifier; judge {j['model']}: {j['calls']} calls, {j['judgements']} judgements "
+        print(f"  selected {ist['selected']}: {ist['rows_by_judge']} by the judge, "
+              f"{ist['rows_by_classifier']} by the inference rounds; judge {j['model']}: {j['calls']} calls, "
+              f"{j['judgements']} judgements "
               f"({j['judgements_if_every_candidate']} to judge every candidate), ${j['cost_usd']:.4f}")  # fmt: skip
     if (out / "selected.jsonl").exists() and not ist:
         above = "IFD >= 1" if it else "IFD > 1"
