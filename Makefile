@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_DEDUP_LOGS := 0
 
-.PHONY: install install-vllm demo test lint bench clean
+.PHONY: install install-vllm chromium demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ install-vllm: $(VENV)/.vllm-installed
 demo: install
 	$(BIN)/raysel demo $(ARGS)
 
-test: install-vllm
+# The report test renders report.html in headless Chromium (Debian's package; installed when apt-get can).
+chromium:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } >/dev/null; } || echo "no chromium: the report render test will skip"
+
+test: install-vllm chromium
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
