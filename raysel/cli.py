@@ -1,4 +1,4 @@
-"""The `raysel` command: select, score, demo. Every flag is a config field (`--score.batch_size 32`).
+"""The `raysel` command: select, score, report, demo. Every flag is a config field (`--score.batch_size 32`).
 
 Run: raysel select --method ifd --input data.json --output runs/x --ratio 0.1
 """
@@ -31,7 +31,9 @@ SHORTCUTS = {
 def _common(p: argparse.ArgumentParser, *, selecting: bool) -> None:
     p.add_argument("--config", help="YAML job file (jobs/*.yaml); flags override it")
     p.add_argument("--input", help="corpus: file, directory, glob or s3:// / gs:// URI")
-    p.add_argument("--output", help="run directory")
+    p.add_argument("--output", help="run directory: a path, or an s3:// / gs:// URI")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output even though its config changed")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in --output and start again")
     p.add_argument("--model", help="'smollm2' (default, offline), an HF id or a local path")
     p.add_argument("--backend", help="hf (default) | vllm | fake")
     p.add_argument("--template", help="alpaca (default) | wiz | chat")
@@ -56,8 +58,9 @@ def _common(p: argparse.ArgumentParser, *, selecting: bool) -> None:
         p.add_argument("--method", help="ifd (default), iterit or iterselecttune")
         group = p.add_mutually_exclusive_group()
         group.add_argument(
-            "--ratio", help="ifd: keep this fraction of rows with IFD <= 1 (default 0.1); iterit / iterselecttune: "
-            "picks per epoch (0.05) / the budget (0.2), as a fraction of the rows"
+            "--ratio",
+            help="ifd: keep this fraction of rows with IFD <= 1 (default 0.1); iterit / iterselecttune: "
+            "picks per epoch (0.05) / the budget (0.2), as a fraction of the rows",
         )
         group.add_argument("--k", help="keep this many rows")
 
@@ -69,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score every row, no selection")
     score.add_argument("metric", choices=["ifd"])
     _common(score, selecting=False)
+    report = sub.add_parser("report", help="(re)write RUN_DIR/report.html from a finished run")
+    report.add_argument("run_dir", help="a run directory (local path)")
     demo = sub.add_parser("demo", help="build a corpus offline from Python's docs and select from it")
     demo.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
     demo.add_argument("--rows", type=int, default=160, help="rows in the demo corpus (default 160)")
@@ -140,6 +145,8 @@ def _user_error(e: BaseException | None) -> BaseException | None:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
+    if args.command == "report":
+        return _report(args.run_dir, extra)
     try:
         if args.command == "demo":
             cfg = _demo(args, extra)
@@ -147,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, _overrides(args, extra))
         from raysel.driver import run
 
-        result = run(cfg, select=args.command != "score")
+        result = run(
+            cfg,
+            select=args.command != "score",
+            resume=getattr(args, "resume", False),
+            overwrite=getattr(args, "overwrite", False),
+        )
     except Exception as e:
         from raysel.iterselecttune import BudgetReached
 
@@ -162,6 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     from raysel.summary import print_summary
 
     print_summary(result, demo=args.command == "demo")
+    return 0
+
+
+def _report(run_dir: str, extra: list[str]) -> int:
+    from pathlib import Path
+
+    from raysel.report import write_report
+
+    if extra:
+        print(f"raysel: error: unexpected arguments {' '.join(extra)}", file=sys.stderr)
+        return 2
+    if not (Path(run_dir) / "manifest.json").is_file():
+        print(f"raysel: error: {run_dir} holds no finished run (no manifest.json): run `raysel select` first, "
+              "or let it finish", file=sys.stderr)  # fmt: skip
+        return 2
+    print(f"raysel: wrote {write_report(Path(run_dir))}")
     return 0
 
 

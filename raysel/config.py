@@ -452,6 +452,8 @@ class RunConfig:
     """Run directory: config.yaml, manifest.json, scores.parquet, selected.jsonl, rejected.jsonl."""
     seed: int = 0
     """Seed for the random parts of a method (IFD scoring and selection have none: they are deterministic)."""
+    checkpoint_rows: int = 10_000
+    """Map steps (embed, score) write a resumable part every this many rows (and every 2 minutes)."""
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

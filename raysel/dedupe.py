@@ -55,7 +55,8 @@ def near_duplicates(
     from raysel.select.cluster import group_summary, near_duplicate_groups
 
     threshold = cfg.data.near_dup
-    emb = steps.run("embed", key | {"embed": cfg.embed}, lambda p: embed_rows(rows(), cfg.embed, p))
+    ekey = key | {"embed": cfg.embed}
+    emb = steps.run("embed", ekey, lambda p: embed_rows(rows(), cfg.embed, p, ekey))
     reps = near_duplicate_groups(read_vectors(emb), threshold, seed=cfg.seed)
     sources = pq.read_table(emb, columns=[S.SOURCE])[S.SOURCE].to_pylist()
     pairs = {sources[i]: sources[r] for i, r in enumerate(reps) if r != i}

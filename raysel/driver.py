@@ -1,13 +1,16 @@
 """A run: ingest -> dedupe (exact, near) -> the method (IFD: [pre-experience] -> score -> select; IterIT:
 raysel.iterit; IterSelectTune: raysel.iterselecttune) -> write.
 
-Completed steps are skipped on a rerun."""
+The run directory (local or s3:// / gs://, raysel.rundir) is claimed first; completed steps are skipped
+on a rerun, and long map steps resume from their parts."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,7 @@ from raysel.io import (
 from raysel.outputs import finish
 from raysel.pre_experience import pre_experience
 from raysel.readers import InputError
-from raysel.steps import Steps
+from raysel.steps import Steps, stream_in_parts, without
 
 if TYPE_CHECKING:
     import ray.data
@@ -43,6 +46,8 @@ class RunResult:
     """The run directory."""
     manifest: dict[str, Any]
     """What manifest.json holds: config hash, counts, timings, outputs."""
+    uri: str = ""
+    """The run directory as given: `output` itself, or the s3:// / gs:// URI it is a staging copy of."""
 
 
 def _init_ray() -> dict[str, Any]:
@@ -87,11 +92,16 @@ def _raise_first_reject(compact: pa.Table) -> None:
         )
 
 
+_PRESENTATION = {"report.py", "summary.py"}
+"""Modules that only present finished results: editing them does not redo a run's steps."""
+
+
 def _code_hash() -> str:
     """Hash of raysel's own source: a completed step is reused only by the code that made it."""
     h = hashlib.sha256()
     for path in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(path.read_bytes())
+        if path.name not in _PRESENTATION:
+            h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -107,17 +117,22 @@ def _dropped_key(dropped: dict[str, str]) -> str:
     return hashlib.sha256("\n".join(sorted(dropped)).encode()).hexdigest()[:16]
 
 
-def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
-    """Score (and with select=True, select) cfg.data.input into the run directory cfg.output."""
+def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite: bool = False) -> RunResult:
+    """Score (and with select=True, select) cfg.data.input into the run directory cfg.output.
+
+    An existing run directory with another config is refused unless `resume` or `overwrite` (raysel.rundir).
+    """
+    from raysel import rundir
+    from raysel import steps as steps_mod
     from raysel.stages.base import apply
     from raysel.stages.score import IfdScoreStage
 
     files = expand_input(cfg.data.input)  # a wrong --input fails here, before Ray starts
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("manifest.json", "selected.jsonl"):  # outputs of an earlier run must not pass for this one's
+    rd = rundir.open_run(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite)
+    out = rd.local
+    for stale in ("manifest.json", "selected.jsonl", "report.html"):  # an earlier run's must not pass for this one's
         (out / stale).unlink(missing_ok=True)
-    (out / "config.yaml").write_text(dump_yaml(cfg))  # the resolved config, before any work
+    steps_mod.PART_ROWS = cfg.checkpoint_rows
     cluster = _init_ray()
     steps = Steps(out)
     # The near-duplicate settings change which rows are dropped (in the "dropped" part of later keys), not
@@ -164,21 +179,50 @@ def run(cfg: RunConfig, *, select: bool = True) -> RunResult:
         model, extra["pre_experience"] = pre_experience(cfg, steps, rows, key)
         score_cfg = dataclasses.replace(cfg.score, model=str(model.resolve()))
 
+    pre_key = extra.get("pre_experience", {}).get("key")
+    score_key = key | {"score": scoring_identity(score_cfg), "pre": pre_key}
+
     def score(path: Path) -> int:
         if parsed == len(dropped):  # nothing to score: no model start
             return write_parquet_stream([], path, S.SCORED_SCHEMA)
-        return write_parquet_stream(arrow_batches(apply(rows(), IfdScoreStage, score_cfg)), path, S.SCORED_SCHEMA)
 
-    pre_key = extra.get("pre_experience", {}).get("key")
-    scored = steps.run("score", key | {"score": scoring_identity(score_cfg), "pre": pre_key}, score)
+        def tables(done: pa.Array | None, offset: int):
+            return arrow_batches(apply(without(rows(), done), IfdScoreStage, score_cfg))
+
+        return stream_in_parts(path, score_key, tables, S.SCORED_SCHEMA)
+
+    scored = steps.run("score", score_key, score)
     return _write(cfg, out, compact, dropped, scored, select, steps, cluster, {"duplicates": duplicates, **extra})
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (the driver's: Ray's workers are other processes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def _write(cfg, out, compact, dropped, scored, select, steps, cluster, extra, selection=None) -> RunResult:
-    """The run's final files and manifest.json (written last: its presence means the run finished)."""
+    """The run's final files, manifest.json (its presence means the run finished), then report.html."""
+    from raysel import rundir
+
     start = time.perf_counter()
     manifest = finish(cfg, out, compact, dropped, scored, select, selection)
     steps.timings["write"] = round(time.perf_counter() - start, 3)
-    manifest |= {**extra, "timings_s": steps.timings, "ray": cluster}
+    manifest |= {**extra, "timings_s": steps.timings, "ray": cluster, "driver_peak_rss_mb": _peak_rss_mb()}
+    manifest["tables"] = {"scored": Path(scored).relative_to(out).as_posix()}
+    if "report.html" not in manifest["outputs"]:
+        manifest["outputs"] = sorted([*manifest["outputs"], "report.html"])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    return RunResult(output=out, manifest=manifest)
+    _report(out)
+    rundir.sync()
+    return RunResult(output=out, manifest=manifest, uri=cfg.output)
+
+
+def _report(out: Path) -> None:
+    """report.html; a failure to draw it is reported, never the run's failure (`raysel report` redraws it)."""
+    try:
+        from raysel.report import write_report
+
+        write_report(out)
+    except Exception as e:  # noqa: BLE001
+        print(f"[raysel] report.html not written ({type(e).__name__}: {e}); retry with `raysel report {out}`")

@@ -166,9 +166,9 @@ def arrow_batches(ds: ray.data.Dataset) -> Iterator[pa.Table]:
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
-def with_positions(tables: Iterable[pa.Table], names: list[str]) -> Iterator[pa.Table]:
-    """The tables' `names` columns plus `position`: each row's 0-based place in the whole stream."""
-    offset = 0
+def with_positions(tables: Iterable[pa.Table], names: list[str], start: int = 0) -> Iterator[pa.Table]:
+    """The tables' `names` columns plus `position`: each row's 0-based place in the whole stream (+ start)."""
+    offset = start
     for t in tables:
         positions = pa.array(range(offset, offset + t.num_rows), pa.int64())
         yield t.select(names).append_column(S.POSITION, positions)

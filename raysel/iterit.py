@@ -33,7 +33,7 @@ from raysel import schema as S
 from raysel.config import ConfigError, RunConfig, ScoreConfig
 from raysel.io import LIGHT_CPUS, arrow_batches, with_positions, write_parquet_stream
 from raysel.select.topk import BELOW_CUTOFF, IFD_ABOVE_1, SELECTED, UNSCORED, Selection
-from raysel.steps import Steps
+from raysel.steps import Steps, stream_in_parts, without
 
 if TYPE_CHECKING:
     import ray.data
@@ -107,8 +107,11 @@ def run_iterit(
     key = key | {"method": "iterit", "score": scoring_identity(score_cfg)}
 
     def score_all(path: Path) -> int:
-        scored = apply(rows(), IfdScoreStage, score_cfg)
-        return write_parquet_stream(with_positions(arrow_batches(scored), S.SCORED_SCHEMA.names), path, ALL_SCHEMA)
+        def tables(done, offset: int):
+            scored = apply(without(rows(), done), IfdScoreStage, score_cfg)
+            return with_positions(arrow_batches(scored), S.SCORED_SCHEMA.names, start=offset)
+
+        return stream_in_parts(path, key, tables, ALL_SCHEMA)
 
     every = Steps(out, out / "round_0", timings).run("score", key, score_all)
     base = pq.read_table(every, columns=[S.SCORE_IFD_PPL])

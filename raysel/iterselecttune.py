@@ -160,7 +160,7 @@ def run_iterselecttune(
     def embed(path: Path) -> int:
         import ray.data
 
-        return embed_rows(ray.data.read_parquet(str(rows_path), num_cpus=LIGHT_CPUS), cfg.embed, path)
+        return embed_rows(ray.data.read_parquet(str(rows_path), num_cpus=LIGHT_CPUS), cfg.embed, path, key)
 
     key = key | {"embed": cfg.embed}
     vectors = read_vectors(base.run("ist_embed", key, embed))
@@ -372,7 +372,7 @@ def _judge(cfg: RunConfig, out: Path, generated: Path, path: Path) -> int:
         raise BudgetReached(
             f"the judge budget (judge.budget_usd = {cfg.judge.budget_usd} USD, {judge_spent(cfg, out):.4f} spent) "
             f"ran out with {unjudged} of {len(verdicts)} rows of {path.parent.name} not judged. Every judgement "
-            "made is cached: rerun the same command with a higher --judge.budget_usd to go on"
+            "made is cached: rerun the same command with --resume and a higher --judge.budget_usd to go on"
         )
     return rows
 

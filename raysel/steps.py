@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raysel import rundir
 from raysel import schema as S
 from raysel.config import EmbedConfig
-from raysel.io import LIGHT_CPUS, write_parquet_stream
+from raysel.io import LIGHT_CPUS, iter_parquet, write_parquet_stream
 
 if TYPE_CHECKING:
     import ray.data
@@ -45,6 +49,7 @@ class Steps:
         took = self.timings[self.prefix + name] = round(time.perf_counter() - start, 3)
         print(f"[raysel] step {self.prefix}{name}: {rows} rows in {took} s", flush=True)
         marker.write_text(stamp)
+        rundir.sync()  # a remote run directory gets each step as it completes
         return path
 
     @staticmethod
@@ -52,18 +57,89 @@ class Steps:
         return json.dumps(key, sort_keys=True, default=str)
 
 
+PART_ROWS = 10_000
+"""A long map step writes a part file every this many rows (config `checkpoint_rows`)..."""
+PART_SECONDS = 120.0
+"""...or this often, whichever comes first: a killed run loses at most that much of the step's work."""
+
+
+def stream_in_parts(
+    path: Path,
+    key: dict[str, Any],
+    tables: Callable[[pa.Array | None, int], Iterable[pa.Table]],
+    schema: pa.Schema,
+    part_rows: int | None = None,
+) -> int:
+    """Write a row-wise map step into `path` through resumable parts; returns its row count.
+
+    `tables(done, offset)` yields the step's output for the input rows whose `source` is not in `done` (None:
+    all rows), in input order; `offset` is how many rows earlier parts hold. Parts go to `<path>.parts/`
+    (renamed into place when complete, uploaded to a remote run directory as they land); a killed run
+    skips the rows its parts hold. Outputs do not depend on batching, so the joined parts equal an
+    uninterrupted run's output, row for row and in the same order.
+    """
+    parts = path.with_name(path.name.removesuffix(".parquet") + ".parts")
+    keyfile, stamp = parts / "key.json", Steps.stamp(key)
+    if parts.is_dir() and (not keyfile.is_file() or keyfile.read_text() != stamp):
+        shutil.rmtree(parts)  # parts of another configuration or code
+    parts.mkdir(parents=True, exist_ok=True)
+    keyfile.write_text(stamp)
+    done = sorted(parts.glob("part-*.parquet"))
+    skip, offset = None, 0
+    if done:
+        skip = pa.chunked_array(
+            [pq.read_table(p, columns=[S.SOURCE])[S.SOURCE] for p in done], pa.string()
+        ).combine_chunks()
+        offset = len(skip)
+        print(f"[raysel] {path.name}: resuming after {offset} rows in {len(done)} parts", flush=True)
+    buf: list[pa.Table] = []
+    last, part_rows = time.monotonic(), part_rows or PART_ROWS
+
+    def flush() -> None:
+        nonlocal last
+        part = parts / f"part-{len(done):06d}.parquet"
+        write_parquet_stream(buf, part, schema)
+        done.append(part)
+        buf.clear()
+        last = time.monotonic()
+        rundir.sync()
+
+    for t in tables(skip, offset):
+        buf.append(t)
+        if sum(b.num_rows for b in buf) >= part_rows or time.monotonic() - last >= PART_SECONDS:
+            flush()
+    if buf:
+        flush()
+    rows = write_parquet_stream(itertools.chain.from_iterable(iter_parquet(p) for p in done), path, schema)
+    shutil.rmtree(parts)
+    return rows
+
+
+def _drop_done(batch: pa.Table, done: pa.Array) -> pa.Table:
+    return batch.filter(pc.invert(pc.is_in(batch[S.SOURCE], value_set=done)))
+
+
+def without(ds: ray.data.Dataset, done: pa.Array | None) -> ray.data.Dataset:
+    """`ds` less the rows whose `source` is in `done` (a resumed map step's finished rows)."""
+    if done is None or len(done) == 0:
+        return ds
+    return ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+
+
 def _fixed_list(vectors: np.ndarray) -> pa.FixedSizeListArray:
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
 
 
-def embed_rows(ds: ray.data.Dataset, cfg: EmbedConfig, path: Path) -> int:
-    """Embed every row of `ds` in an actor pool and stream id, source, vector, ppl into `path` (float32)."""
+def embed_rows(ds: ray.data.Dataset, cfg: EmbedConfig, path: Path, key: dict[str, Any] | None = None) -> int:
+    """Embed every row of `ds` in an actor pool and stream id, source, vector, ppl into `path` (float32).
+
+    With the step's `key`, the step resumes from its parts (see stream_in_parts)."""
     from raysel.stages.base import apply
     from raysel.stages.embed import EmbedStage
 
-    def tables() -> Iterator[pa.Table]:
-        for b in apply(ds, EmbedStage, cfg).iter_batches(batch_format="numpy", batch_size=None):
+    def tables(done: pa.Array | None = None, offset: int = 0) -> Iterator[pa.Table]:
+        for b in apply(without(ds, done), EmbedStage, cfg).iter_batches(batch_format="numpy", batch_size=None):
             vectors = np.asarray(b[S.EMBEDDING], dtype=np.float32)
             yield pa.table(
                 [pa.array(b[S.ID], pa.string()), pa.array(b[S.SOURCE], pa.string()), _fixed_list(vectors),
@@ -71,6 +147,8 @@ def embed_rows(ds: ray.data.Dataset, cfg: EmbedConfig, path: Path) -> int:
                 schema=S.embedding_schema(vectors.shape[1]),
             )  # fmt: skip
 
+    if key is not None:
+        return stream_in_parts(path, key, tables, S.embedding_schema(1))
     return write_parquet_stream(tables(), path, S.embedding_schema(1))
 
 

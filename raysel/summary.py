@@ -31,7 +31,7 @@ def demo_breakdown(out: Path) -> dict[str, Counter]:
 def print_summary(result: RunResult, *, demo: bool = False) -> None:
     m, out = result.manifest, result.output
     c = m["counts"]
-    print(f"\nraysel: run directory {out}")
+    print(f"\nraysel: run directory {result.uri or out}")
     print(
         f"  read {c['read']}  rejected {c['rejected_total']} (bad input {c['rejected_input']}, "
         f"duplicates {c['duplicates']}, near duplicates {c.get('near_duplicates', 0)}, "

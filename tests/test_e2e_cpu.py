@@ -168,10 +168,13 @@ def test_rerun_skips_completed_steps_with_identical_outputs(ray_local, tmp_path:
     timings = json.loads((tmp_path / "manifest.json").read_text())["timings_s"]
     assert str(timings["score"]).startswith("skipped") and str(timings["ingest"]).startswith("skipped")
     assert first == {p: (tmp_path / p).read_bytes() for p in first}
-    assert main([*args, "--score.batch_size", "4", "--score.concurrency", "2"]) == 0  # resources only
+    # Another config in the same directory is refused (nothing touched) unless --resume or --overwrite.
+    assert main([*args, "--score.batch_size", "4"]) == 2
+    assert first == {p: (tmp_path / p).read_bytes() for p in first}
+    assert main([*args, "--resume", "--score.batch_size", "4", "--score.concurrency", "2"]) == 0  # resources only
     timings = json.loads((tmp_path / "manifest.json").read_text())["timings_s"]
     assert str(timings["score"]).startswith("skipped")
-    assert main([*args, "--template", "wiz"]) == 0  # a changed scoring config scores again
+    assert main([*args, "--resume", "--template", "wiz"]) == 0  # a changed scoring config scores again
     timings = json.loads((tmp_path / "manifest.json").read_text())["timings_s"]
     assert isinstance(timings["score"], float) and str(timings["ingest"]).startswith("skipped")
 

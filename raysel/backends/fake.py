@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +15,13 @@ from raysel.config import EmbedConfig, GenerateConfig, ScoreConfig
 
 def _tokens(text: str) -> list[str]:
     return text.split()
+
+
+def _pace() -> None:
+    """Sleep RAYSEL_FAKE_DELAY_S per batch: tests that kill a run mid-stage need a stage that takes a while."""
+    delay = float(os.environ.get("RAYSEL_FAKE_DELAY_S") or 0)
+    if delay > 0:
+        time.sleep(delay)
 
 
 def _token_nll(context: str, token: str) -> float:
@@ -43,6 +52,7 @@ class FakeLossScorer:
         max_answer_tokens: Sequence[int] | None = None,
         add_special_tokens: bool = True,
     ) -> list[TokenLoss]:
+        _pace()
         out = []
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
             n_prompt = len(_tokens(prompt))
@@ -69,6 +79,7 @@ class FakeEmbedder:
         return FakeLossScorer.chat_prompt(self, user, system)  # type: ignore[arg-type]
 
     def embed(self, texts: Sequence[str]) -> Embeddings:
+        _pace()
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
             seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")

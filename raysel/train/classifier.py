@@ -173,9 +173,11 @@ def train_classifier(
 
     if not len(texts):
         raise ValueError("train_classifier needs at least one labelled row")
-    if "://" not in str(storage_path):
-        storage_path = Path(storage_path).resolve()
-        shutil.rmtree(storage_path / name, ignore_errors=True)  # a killed attempt's state: this run starts over
+    from raysel.rundir import storage_uri
+
+    storage_path = storage_uri(storage_path)  # a remote run directory's twin: every node reaches it
+    if "://" not in storage_path:
+        shutil.rmtree(Path(storage_path) / name, ignore_errors=True)  # a killed attempt's state: start over
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
     trainer = ray.train.torch.TorchTrainer(
         _train_loop,

@@ -241,8 +241,9 @@ def finetune(
     """
     if os.environ.get("RAY_TRAIN_V2_ENABLED", "1").lower() in ("0", "false"):
         raise RuntimeError("raysel's finetune resumes through Ray Train V2: unset RAY_TRAIN_V2_ENABLED")
-    if "://" not in str(storage_path):
-        storage_path = Path(storage_path).resolve()  # Ray Train wants an absolute path or a URI
+    from raysel.rundir import checkpoint_uri, storage_uri
+
+    storage_path = storage_uri(storage_path)  # absolute, or a remote run directory's twin (every node reaches it)
     path = resolve_model(model)
     from transformers import AutoTokenizer
 
@@ -260,7 +261,7 @@ def finetune(
         loop_config["schedule_steps"] = schedule_steps
         checkpoint = build_trainer(cfg, loop_config, storage_path, name, callbacks).fit().checkpoint
     summary = {"rows": len(data), "skipped_rows": skipped, "total_steps": total, **_read_meta(checkpoint)["metrics"]}
-    summary["checkpoint"] = checkpoint.path
+    summary["checkpoint"] = checkpoint_uri(checkpoint)
     with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / _WEIGHTS, map_location="cpu", weights_only=True)
     sft.save_hf(sft.merged_model(path, cfg, state), tokenizer, Path(output_dir), {SUMMARY: summary})
