@@ -60,9 +60,16 @@ class RunDir:
             pafs.copy_files(str(path), f"{self.root}/{rel}", destination_filesystem=self.fs)
             self._sent[rel] = (st.st_size, st.st_mtime_ns)
             n += 1
-        for rel in [r for r in self._sent if not (self.local / r).exists()]:  # removed locally (e.g. parts)
+        gone = [r for r in self._sent if not (self.local / r).exists()]  # removed locally (e.g. parts)
+        for rel in gone:
             self.fs.delete_file(f"{self.root}/{rel}")
             del self._sent[rel]
+        for parent in sorted({Path(r).parent.as_posix() for r in gone}, key=len, reverse=True):
+            if parent != "." and not (self.local / parent).exists():
+                try:
+                    self.fs.delete_dir(f"{self.root}/{parent}")
+                except OSError:
+                    pass  # already gone, or never a directory object
         return n
 
     def storage_uri(self, local: Path | str) -> str:

@@ -1,0 +1,78 @@
+"""Run directories on s3:// (a loopback S3, moto's server): outputs land in the bucket, a run resumes from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from raysel.cli import main
+
+TINY = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
+
+
+@pytest.fixture
+def bucket(monkeypatch, tmp_path: Path):
+    """An empty bucket `runs` on a loopback S3; AWS_ENDPOINT_URL points pyarrow (and boto3) at it."""
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) provides the loopback S3")
+    boto3 = pytest.importorskip("boto3")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+           "RAYSEL_STAGING_DIR": str(tmp_path / "staging")}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="runs")
+    yield client
+    server.stop()
+
+
+def _keys(client, prefix: str) -> set[str]:
+    listed = client.list_objects_v2(Bucket="runs", Prefix=prefix).get("Contents", [])
+    return {o["Key"][len(prefix) :] for o in listed}
+
+
+def _get(client, key: str) -> bytes:
+    return client.get_object(Bucket="runs", Key=key)["Body"].read()
+
+
+def test_a_run_lives_in_the_bucket_and_resumes_from_it(ray_local, bucket, tmp_path: Path, capsys) -> None:
+    args = ["select", "--input", str(TINY), "--backend", "fake", "--k", "4"]
+    assert main([*args, "--output", str(tmp_path / "local")]) == 0
+    assert main([*args, "--output", "s3://runs/exp/a"]) == 0
+    assert "run directory s3://runs/exp/a" in capsys.readouterr().out
+    keys = _keys(bucket, "exp/a/")
+    want = {"config.yaml", "manifest.json", "selected.jsonl", "rejected.jsonl", "scores.parquet",
+            "steps/ingest.parquet", "steps/ingest.done.json", "steps/score.parquet", "steps/score.done.json"}  # fmt: skip
+    assert want <= keys and not any(".parts/" in k for k in keys), keys
+    local = tmp_path / "local"
+    for name in ("selected.jsonl", "rejected.jsonl"):
+        assert _get(bucket, f"exp/a/{name}") == (local / name).read_bytes(), name
+    manifest = json.loads(_get(bucket, "exp/a/manifest.json"))
+    assert manifest["counts"] == json.loads((local / "manifest.json").read_text())["counts"]
+
+    # The driver machine is lost (no staging copy): the same command resumes from the bucket.
+    shutil.rmtree(tmp_path / "staging")
+    assert main([*args, "--output", "s3://runs/exp/a"]) == 0
+    timings = json.loads(_get(bucket, "exp/a/manifest.json"))["timings_s"]
+    assert timings["score"] == timings["ingest"] == "skipped (completed earlier)"
+
+    # Another config is refused and the bucket is left as it was; --overwrite starts the run again.
+    before = {k: _get(bucket, f"exp/a/{k}") for k in ("config.yaml", "selected.jsonl")}
+    assert main([*args[:-1], "6", "--output", "s3://runs/exp/a"]) == 2
+    assert "already holds a run with a different config" in capsys.readouterr().err
+    assert before == {k: _get(bucket, f"exp/a/{k}") for k in before}
+    assert main([*args[:-1], "6", "--output", "s3://runs/exp/a", "--overwrite"]) == 0
+    assert len(_get(bucket, "exp/a/selected.jsonl").splitlines()) == 6
+    assert isinstance(json.loads(_get(bucket, "exp/a/manifest.json"))["timings_s"]["score"], float)
+    with pq.ParquetFile(__import__("io").BytesIO(_get(bucket, "exp/a/scores.parquet"))) as f:
+        assert f.metadata.num_rows == manifest["counts"]["to_score"]
