@@ -216,7 +216,8 @@ def test_a_killed_run_resumes_without_rejudging(
         "judge.concurrency": 1}))]  # fmt: skip
     server.delay_s = 0.3  # one judgement at a time, slowly: the kill lands between calls of round 1
     start = server.requests
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, start_new_session=True)
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 400
         while server.requests - start < 2 * BATCH + 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -228,11 +229,13 @@ def test_a_killed_run_resumes_without_rejudging(
             pass
         server.delay_s = 0.0
     proc.wait(timeout=60)
+    log.close()
+    assert "[raysel] step round_0/judge" in (tmp_path / "driver.log").read_text()  # the driver's own log
     assert (out / "round_0" / "judge.done.json").exists() and not (out / "round_1" / "judge.done.json").exists()
     cached = len(list(cache_records(out / "judge_cache")))
     assert 2 * BATCH + 1 <= cached < 2 * BATCH * TRAINING_ROUNDS
     before = server.requests
-    resumed = run(load_config(None, _tiny(out, tiny_bert, corpus, server.url)))
+    resumed = run(load_config(None, _tiny(out, tiny_bert, corpus, server.url)), resume=True)  # concurrency differs
     assert server.requests - before == 2 * BATCH * TRAINING_ROUNDS - cached  # nothing judged twice
     timings = resumed.manifest["timings_s"]
     for name in ("round_0/batch", "round_0/generate", "round_0/judge", "round_0/classifier", "round_1/generate"):
@@ -241,6 +244,13 @@ def test_a_killed_run_resumes_without_rejudging(
         assert (out / name).read_text() == (uninterrupted / name).read_text(), name
     a, b = (pq.read_table(d / "scores.parquet").to_pandas() for d in (out, uninterrupted))
     assert a.equals(b)  # NaN-aware: rows never scored keep NaN in both
+    # The key reached the judge server only: not the run directory (config, manifest, cache, report), not the
+    # driver's output, not the logs of Ray's workers (where the judge actors ran).
+    assert f"Bearer {SECRET}" in server.auth and (out / "report.html").is_file()
+    node = ray_local._private.worker._global_node
+    for path in [tmp_path / "driver.log", *out.rglob("*"), *Path(node.get_logs_dir_path()).rglob("*")]:
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert SECRET.encode() not in path.read_bytes(), path
 
 
 def test_cli_local_judge_real_models(ray_local, shared_data: Path, tmp_path: Path, capsys) -> None:
