@@ -93,16 +93,19 @@ def stream_in_parts(
         offset = len(skip)
         print(f"[raysel] {path.name}: resuming after {offset} rows in {len(done)} parts", flush=True)
     buf: list[pa.Table] = []
-    last, part_rows = time.monotonic(), part_rows or PART_ROWS
+    start = last = time.monotonic()
+    part_rows, written = part_rows or PART_ROWS, 0
 
     def flush() -> None:
-        nonlocal last
+        nonlocal last, written
         part = parts / f"part-{len(done):06d}.parquet"
-        write_parquet_stream(buf, part, schema)
+        written += write_parquet_stream(buf, part, schema)
         done.append(part)
         buf.clear()
         last = time.monotonic()
         rundir.sync()
+        rate = written / max(last - start, 1e-9)
+        print(f"[raysel] {path.name}: {offset + written} rows done ({rate:.1f} rows/s), part {len(done)}", flush=True)
 
     for t in tables(skip, offset):
         buf.append(t)

@@ -76,9 +76,10 @@ def print_summary(result: RunResult, *, demo: bool = False) -> None:
     if (out / "selected.jsonl").exists() and not ist:
         above = "IFD >= 1" if it else "IFD > 1"
         print(f"  {above} (excluded) {c['ifd_above_1']}  passed {c['passed']}  selected {c['selected']}")
-    for name in ("selected.jsonl", "scores.parquet", "rejected.jsonl", "manifest.json", "config.yaml"):
+    where = result.uri.rstrip("/") if "://" in result.uri else str(out)  # a remote run's files are in the bucket
+    for name in ("selected.jsonl", "scores.parquet", "rejected.jsonl", "report.html", "manifest.json", "config.yaml"):
         if (out / name).exists():
-            print(f"  {out / name}")
+            print(f"  {where}/{name}")
     if demo and (out / "demo_corpus.jsonl").exists():
         print("  where each kind of pair in the demo corpus went:")
         for kind, fate in sorted(demo_breakdown(out).items()):
