@@ -214,7 +214,7 @@ def _write(cfg, out, compact, dropped, scored, select, steps, cluster, extra, se
         manifest["outputs"] = sorted([*manifest["outputs"], "report.html"])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     _report(out)
-    rundir.sync()
+    rundir.sync(final=True)
     return RunResult(output=out, manifest=manifest, uri=cfg.output)
 
 

@@ -103,10 +103,14 @@ def checkpoint_uri(checkpoint: Any) -> str:
     return f"{scheme}{checkpoint.path}"
 
 
-def sync() -> None:
-    """Upload what the run in progress has written so far (a no-op for a local run directory)."""
+def sync(*, final: bool = False) -> None:
+    """Upload what the run in progress has written so far (a no-op for a local run directory); `final`
+    also ends the run's claim on this process."""
+    global _current
     if _current is not None:
         _current.sync()
+    if final:
+        _current = None
 
 
 def _staging(uri: str) -> Path:
