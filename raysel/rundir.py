@@ -208,12 +208,16 @@ def _clear(rd: RunDir) -> None:
 
 
 def _download(rd: RunDir) -> None:
-    """Bring the remote run's files into the staging copy (those missing or of another size)."""
+    """Make the staging copy the remote run: fetch files missing or of another size, drop files the bucket
+    does not hold (a stale copy of an earlier run there must not be uploaded into this one)."""
     from pyarrow import fs as pafs
 
-    for info in rd.fs.get_file_info(pafs.FileSelector(rd.root, recursive=True)):
-        if info.type != pafs.FileType.File:
-            continue
+    infos = [i for i in rd.fs.get_file_info(pafs.FileSelector(rd.root, recursive=True)) if i.type == pafs.FileType.File]
+    remote = {i.path[len(rd.root) + 1 :] for i in infos}
+    for path in [p for p in rd.local.rglob("*") if p.is_file()] if rd.local.is_dir() else []:
+        if path.relative_to(rd.local).as_posix() not in remote:
+            path.unlink()
+    for info in infos:
         rel = info.path[len(rd.root) + 1 :]
         dest = rd.local / rel
         if not (dest.is_file() and dest.stat().st_size == info.size):

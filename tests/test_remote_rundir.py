@@ -65,6 +65,11 @@ def test_a_run_lives_in_the_bucket_and_resumes_from_it(ray_local, bucket, tmp_pa
     assert main([*args, "--output", "s3://runs/exp/a"]) == 0
     timings = json.loads(_get(bucket, "exp/a/manifest.json"))["timings_s"]
     assert timings["score"] == timings["ingest"] == "skipped (completed earlier)"
+    # A staging copy holding files the bucket does not (left from an earlier run) never pollutes the run.
+    (stale := next((tmp_path / "staging").iterdir()) / "round_9" / "old.parquet").parent.mkdir()
+    stale.write_text("stale")
+    assert main([*args, "--output", "s3://runs/exp/a"]) == 0
+    assert not stale.exists() and not any(k.startswith("round_9") for k in _keys(bucket, "exp/a/"))
 
     # Another config is refused and the bucket is left as it was; --overwrite starts the run again.
     before = {k: _get(bucket, f"exp/a/{k}") for k in ("config.yaml", "selected.jsonl")}

@@ -1,0 +1,402 @@
+"""report.html for a run directory: counts, score distributions, rounds, cluster coverage, costs, timings, examples.
+
+Run: ``raysel report RUN_DIR`` (or ``write_report(Path(RUN_DIR))``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import io
+import json
+from collections.abc import Iterable, Sequence
+from html import escape as _e
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raysel import __version__
+from raysel import schema as S
+
+PLOTTED = (
+    S.SCORE_IFD, S.SCORE_IFD_PPL, S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_CLASSIFIER, S.SCORE_SIMILARITY, S.SCORE_IST,
+    S.JUDGE_SCORE_REF, S.JUDGE_SCORE_MODEL,
+)  # fmt: skip
+"""Score columns given a histogram, when scores.parquet has them."""
+IFD_LIKE = (S.SCORE_IFD, S.SCORE_IFD_PPL)
+TEXT_STEPS = ("steps/score.parquet", "steps/iterit_scores.parquet", "steps/ist_scores.parquet", "scores.parquet")
+"""Where the text of scored rows is looked for when the manifest names no "scored" table."""
+SECRET_WORDS = ("key", "token", "secret", "password")
+N_EXAMPLES, CLIP = 10, 300
+
+CSS = """body { font-family: system-ui, sans-serif; margin: 1em auto; max-width: 1200px; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; } th { background: #f3f3f3; }
+th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; } p.note { color: #666; font-style: italic; }
+td.text { white-space: pre-wrap; word-break: break-word; max-width: 24em; } img { max-width: 100%; display: block; }
+td.id { font-family: monospace; font-size: 0.8em; word-break: break-all; max-width: 9em; }
+.row { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }"""
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``run_dir/report.html`` (self-contained: plots embedded as PNG) and return its path."""
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    scores = _read_scores(run_dir / "scores.parquet")
+    parts = [
+        _header(run_dir, manifest, scores), _distributions(scores), _rounds(manifest), _coverage(run_dir, scores),
+        _reasons(manifest, scores), _judge(manifest), _timings(manifest), _examples(run_dir, manifest, scores),
+        _config(manifest),
+    ]  # fmt: skip
+    title = _e(f"raysel report: {run_dir.name}")
+    page = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+    page += f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _read_scores(path: Path) -> pa.Table:
+    """The id, numeric score and selection columns of scores.parquet (never its text)."""
+    if not path.is_file():
+        return pa.table({S.ID: pa.array([], pa.string())})
+    names = pq.read_schema(path).names
+    wanted = [S.ID, *PLOTTED, S.SELECTED, S.SELECT_REASON, S.RANK_IFD, S.CLUSTER]
+    return pq.read_table(path, columns=[c for c in wanted if c in names])
+
+
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    return table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _selected(scores: pa.Table) -> np.ndarray | None:
+    """The selected mask, or None for a score-only run."""
+    col = scores[S.SELECTED] if S.SELECTED in scores.column_names else None
+    return None if col is None else col.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _method(manifest: dict[str, Any]) -> str:
+    return str(manifest.get("config", {}).get("select", {}).get("method", "ifd"))
+
+
+def _texts(run_dir: Path, manifest: dict[str, Any], ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """instruction / input / output of the rows `ids` only, from the manifest's "scored" table (else a known
+    step file), read batch by batch and filtered in Arrow: the corpus text never becomes Python objects."""
+    named = manifest.get("tables", {}).get("scored")
+    paths = [run_dir / rel for rel in ([named] if named else []) + list(TEXT_STEPS)]
+    schemas = {p: pq.read_schema(p).names for p in paths if p.is_file()}
+    path = next((p for p, n in schemas.items() if S.ID in n and (S.INSTRUCTION in n or S.RAW in n)), None)
+    if path is None or not ids:
+        return {}
+    fields = [c for c in (S.INSTRUCTION, S.INPUT, S.OUTPUT) if c in schemas[path]]
+    wanted = pa.array(sorted(set(ids)), pa.string())
+    found: dict[str, dict[str, str]] = {}
+    with pq.ParquetFile(path) as f:
+        for rb in f.iter_batches(batch_size=8192, columns=[S.ID, *(fields or [S.RAW])]):
+            t = pa.Table.from_batches([rb])
+            for row in t.filter(pc.is_in(t[S.ID], value_set=wanted)).to_pylist():
+                found.setdefault(row[S.ID], row if fields else _from_raw(row[S.RAW]))
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+def _from_raw(raw: str) -> dict[str, str]:
+    """instruction / input / output from the original record's JSON (the whole record when it has none)."""
+    try:
+        rec = json.loads(raw)
+    except (TypeError, ValueError):
+        rec = None
+    if not isinstance(rec, dict) or not any(k in rec for k in (S.INSTRUCTION, S.OUTPUT)):
+        return {S.INSTRUCTION: str(raw), S.INPUT: "", S.OUTPUT: ""}
+    return {k: str(rec.get(k) or "") for k in (S.INSTRUCTION, S.INPUT, S.OUTPUT)}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | dict):
+        return _clip(json.dumps(value, default=str), 120)
+    return "" if value is None else str(value)
+
+
+def _clip(text: str, n: int = CLIP) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def _cell(value: Any, cls: str = "") -> str:
+    if not cls and isinstance(value, int | float) and not isinstance(value, bool):
+        cls = "num"
+    return f'<td class="{cls}">{_e(_fmt(value))}</td>' if cls else f"<td>{_e(_fmt(value))}</td>"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], classes: dict[int, str] | None = None) -> str:
+    """An HTML table; `classes` gives some columns a CSS class ("text", "id")."""
+    classes = classes or {}
+    head = "".join(f"<th>{_e(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(v, classes.get(i, "")) for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _img(fig: Any, alt: str) -> str:
+    """The figure as an embedded PNG (the Agg canvas; pyplot's global state is never touched)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _axes(width: float, height: float, rows: int = 1, cols: int = 1) -> Any:
+    """A grid of Axes on a new Agg figure (never pyplot: no global state, safe in any thread)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig.subplots(rows, cols, squeeze=False)
+
+
+def _label(ax: Any, xlabel: str, ylabel: str, legend: bool = False) -> None:
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=8)
+    if legend:
+        ax.legend(fontsize=7)
+
+
+def _inline(value: Any) -> Any:
+    """A nested dict as one short line ("calls 6, verdicts (model 2, tie 1)"); other values as they are."""
+    if not isinstance(value, dict):
+        return value
+    return ", ".join(f"{k} ({_inline(v)})" if isinstance(v, dict) else f"{k} {_fmt(v)}" for k, v in value.items())
+
+
+def _kv(pairs: Iterable[tuple[str, Any]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{_e(str(k))}</th>{_cell(v)}</tr>" for k, v in pairs) + "</table>"
+
+
+def _records_table(records: Sequence[dict[str, Any]]) -> str:
+    """One row per record, one column per top-level key; nested dicts inline in one wrapped cell."""
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    texts = {i: "text" for i, k in enumerate(keys) if any(isinstance(r.get(k), dict) for r in records)}
+    return _table(keys, ([_inline(r.get(k)) for k in keys] for r in records), texts)
+
+
+def _row(*parts: str) -> str:
+    return '<div class="row">' + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
+
+
+def _header(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
+    cfg, c = manifest.get("config", {}), manifest.get("counts", {})
+    mode = "selection" if _selected(scores) is not None else "scores only (no selection)"
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    meta = [
+        ("method", f"{_method(manifest)} ({mode})"), ("input", cfg.get("data", {}).get("input", "?")),
+        ("run directory", str(run_dir.resolve())), ("raysel version", manifest.get("raysel_version", __version__)),
+        ("config hash", manifest.get("config_hash", "?")), ("report written", when),
+    ]  # fmt: skip
+    out = c.get("selected", 0) if mode == "selection" else c.get("scored", 0)
+    summary = f"in {c.get('read', '?')} / out {out} / rejected {c.get('rejected_total', '?')}"
+    if not manifest:
+        summary = "manifest.json is missing: the run did not finish"
+    head = f"<h1>raysel report: {_e(run_dir.name)}</h1><p><b>{_e(summary)}</b></p>"
+    return head + _row(_kv(meta), _table(["count", "rows"], c.items()) if c else "")
+
+
+def _distributions(scores: pa.Table) -> str:
+    head = "<h2>Score distributions</h2>"
+    cols = [c for c in PLOTTED if c in scores.column_names and np.isfinite(_floats(scores, c)).any()]
+    if not scores.num_rows or not cols:
+        return head + _note("no rows scored")
+    sel = _selected(scores)
+    ncols = min(3, len(cols))
+    nrows = -(-len(cols) // ncols)
+    axes = _axes(4.2 * ncols, 2.8 * nrows, nrows, ncols).ravel()
+    for ax in axes[len(cols) :]:
+        ax.set_axis_off()
+    for ax, name in zip(axes, cols, strict=False):
+        _histogram(ax, _floats(scores, name), sel, name)
+    legend = "each group as shares of its own rows" if sel is not None else "all scored rows (no selection)"
+    return head + _note(f"{legend}; NaN (unscored) rows left out") + _img(axes[0].figure, "score histograms")
+
+
+def _histogram(ax: Any, values: np.ndarray, sel: np.ndarray | None, name: str) -> None:
+    finite = np.isfinite(values)
+    # A few extreme rows (IFD's perplexity form reaches 1e3) would squash the rest into one bar.
+    clip = finite.sum() > 200
+    lo, hi = np.percentile(values[finite], [0.5, 99.5]) if clip else (values[finite].min(), values[finite].max())
+    bins = np.histogram_bin_edges(values[finite], bins=30, range=(lo, hi) if hi > lo else None)
+    groups = [(finite, "#4878a8", "scored", "stepfilled")]
+    if sel is not None:
+        groups = [
+            (finite & ~sel, "#b0b0b0", "not selected", "stepfilled"),
+            (finite & sel, "#d9622b", "selected", "step"),
+        ]
+    for mask, color, label, kind in groups:  # each group's shares: a small selection stays visible
+        v = values[mask]
+        ax.hist(v, bins=bins, weights=np.full(len(v), 1 / max(len(v), 1)), color=color, histtype=kind, linewidth=1.8,
+                label=label)  # fmt: skip
+    if name in IFD_LIKE:
+        ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label="IFD = 1")
+    ax.set_title(f"{name} (middle 99%)" if clip else name, fontsize=10)
+    _label(ax, "", "share of rows", legend=True)
+
+
+def _rounds(manifest: dict[str, Any]) -> str:
+    head = "<h2>Rounds</h2>"
+    it, ist = manifest.get("iterit"), manifest.get("iterselecttune")
+    if it:
+        info = f"IterIT: k {it.get('k')} of {it.get('rows')} rows per epoch, strategy {it.get('strategy')}"
+        return head + _note(info) + _records_table(it["epochs"]) + _bars(it["epochs"], "epoch", "picked")
+    if ist:
+        info = (f"IterSelectTune: subset {ist.get('subset')} of {ist.get('rows')} rows, budget {ist.get('budget')}, "
+                f"batch {ist.get('batch')}; stopped: {ist.get('stop')}")  # fmt: skip
+        return head + _note(info) + _records_table(ist["rounds"]) + _bars(ist["rounds"], "round", "hard_added")
+    return head + _note("one pass: this method has no rounds")
+
+
+def _bars(records: Sequence[dict[str, Any]], key: str, added: str) -> str:
+    if not records:
+        return ""
+    ax = _axes(min(10.0, 0.4 * len(records) + 1.5), 1.8)[0, 0]
+    ax.bar([str(r.get(key)) for r in records], [r.get(added, 0) for r in records], color="#4878a8")
+    _label(ax, key, f"rows ({added})")
+    return _img(ax.figure, f"rows added per {key}")
+
+
+def _clusters(run_dir: Path, scores: pa.Table) -> np.ndarray | None:
+    """Each scored row's K-Means cluster (-1: none), from scores.parquet or the pre-experience step."""
+    if S.CLUSTER in scores.column_names:
+        return scores[S.CLUSTER].fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    path = run_dir / "steps" / "pre_cluster.parquet"
+    if not path.is_file() or not scores.num_rows:
+        return None
+    table = pq.read_table(path, columns=[S.ID, S.CLUSTER])
+    at = pc.index_in(scores[S.ID], value_set=table[S.ID]).fill_null(-1).to_numpy(zero_copy_only=False)
+    labels = table[S.CLUSTER].to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where(at >= 0, labels[np.maximum(at, 0)], -1)
+
+
+def _coverage(run_dir: Path, scores: pa.Table) -> str:
+    head = "<h2>Cluster coverage</h2>"
+    labels = _clusters(run_dir, scores)
+    if labels is None or not (labels >= 0).any():
+        return head + _note("this run has no per-row cluster assignments (no K-Means step)")
+    sel = _selected(scores)
+    k = int(labels.max()) + 1
+    known = labels >= 0
+    corpus = np.bincount(labels[known], minlength=k) / known.sum()
+    ax, x = _axes(min(12.0, max(4.0, 0.25 * k + 2)), 2.6)[0, 0], np.arange(k)
+    ax.bar(x - 0.2, corpus, width=0.4, color="#aaaaaa", label="corpus")
+    line = f"{k} clusters over {int(known.sum())} rows"
+    if sel is not None and (sel & known).any():
+        chosen = np.bincount(labels[sel & known], minlength=k) / (sel & known).sum()
+        ax.bar(x + 0.2, chosen, width=0.4, color="#d9622b", label="selection")
+        line += f"; the selection covers {int((chosen > 0).sum())} of them"
+    ax.set_xticks(x if k <= 30 else x[:: -(-k // 30)])
+    _label(ax, "cluster", "share of rows", legend=True)
+    return head + _note(line) + _img(ax.figure, "cluster shares")
+
+
+def _reasons(manifest: dict[str, Any], scores: pa.Table) -> str:
+    head = "<h2>Rejected rows and selection reasons</h2>"
+    rejected = manifest.get("rejected_by_reason", {})
+    left = _table(["rejected before selection", "rows"], rejected.items()) if rejected else _note("no rows rejected")
+    right = ""
+    if S.SELECT_REASON in scores.column_names and scores.num_rows:
+        counts = pc.value_counts(scores[S.SELECT_REASON]).to_pylist()
+        right = _table(["select_reason", "rows"], sorted((c["values"], c["counts"]) for c in counts))
+    return head + _row(left, right)
+
+
+def _judge(manifest: dict[str, Any]) -> str:
+    head = "<h2>Judge and API cost</h2>"
+    judge = manifest.get("iterselecttune", {}).get("judge")
+    if not judge:
+        return head + _note("this method calls no judge")
+    return head + _kv((k, _inline(v)) for k, v in judge.items())
+
+
+def _timings(manifest: dict[str, Any]) -> str:
+    head = "<h2>Timings</h2>"
+    timings = manifest.get("timings_s", {})
+    if not timings:
+        return head + _note("no timings recorded")
+    table = _table(["stage", "seconds"], timings.items())
+    timed = [(k, float(v)) for k, v in timings.items() if isinstance(v, int | float)]
+    if not timed:
+        return head + table
+    ax = _axes(6.0, 0.3 * len(timed) + 0.8)[0, 0]
+    ax.barh([k for k, _ in timed][::-1], [v for _, v in timed][::-1], color="#4878a8")
+    _label(ax, "seconds", "")
+    return head + _row(table, _img(ax.figure, "timings"))
+
+
+def _main_score(manifest: dict[str, Any], scores: pa.Table) -> tuple[str, np.ndarray] | None:
+    """What the method ranks by: score_ifd (IFD), score_ifd_ppl (IterIT), score_ist (IterSelectTune; minus
+    the rank when no row has one)."""
+    method, names = _method(manifest), scores.column_names
+    name = {"iterit": S.SCORE_IFD_PPL, "iterselecttune": S.SCORE_IST}.get(method, S.SCORE_IFD)
+    if name in names and np.isfinite(_floats(scores, name)).any():
+        return name, _floats(scores, name)
+    if method == "iterselecttune" and S.RANK_IFD in names:
+        rank = _floats(scores, S.RANK_IFD)
+        return "rank", np.where(rank > 0, -rank, np.nan)
+    return None
+
+
+def _examples(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
+    head = "<h2>Examples</h2>"
+    main = _main_score(manifest, scores)
+    finite = np.flatnonzero(np.isfinite(main[1])) if main else []
+    if not len(finite):
+        return head + _note("no rows scored")
+    name, values = main
+    order = finite[np.argsort(-values[finite], kind="stable")]
+    top, bottom = order[:N_EXAMPLES], order[::-1][:N_EXAMPLES]
+    ids = scores[S.ID].take(pa.array(np.concatenate([top, bottom]))).to_pylist()  # at most 20 Python strings
+    texts = _texts(run_dir, manifest, ids)
+    if not texts:
+        head += _note("the text of scored rows is not in this run directory")
+    tables = [_example_table(scores, rows, name, values, texts) for rows in (top, bottom)]
+    high, low = ("best", "worst") if name == "rank" else ("highest", "lowest")
+    return head + f"<h3>{len(top)} {high} {_e(name)}</h3>{tables[0]}<h3>{len(bottom)} {low} {_e(name)}</h3>{tables[1]}"
+
+
+def _example_table(scores: pa.Table, rows: np.ndarray, name: str, values: np.ndarray, texts: dict) -> str:
+    picked = scores.take(pa.array(rows))
+    ids = picked[S.ID].to_pylist()
+    reasons = picked[S.SELECT_REASON].to_pylist() if S.SELECT_REASON in picked.column_names else [""] * len(rows)
+    shown = -values[rows] if name == "rank" else values[rows]
+    out = [
+        [rid, float(v), why, *(_clip(str(texts.get(rid, {}).get(c) or "")) for c in (S.INSTRUCTION, S.INPUT, S.OUTPUT))]
+        for rid, v, why in zip(ids, shown, reasons, strict=True)
+    ]
+    header = ["id", name, "select_reason", "instruction", "input", "output"]
+    return _table(header, out, {0: "id", 3: "text", 4: "text", 5: "text"})
+
+
+def _redact(cfg: Any) -> Any:
+    """The config without any key that could hold a secret (the config names env vars, never values)."""
+    if not isinstance(cfg, dict):
+        return cfg
+    keep = [k for k in cfg if k == "api_key_env" or not any(w in k.lower() for w in SECRET_WORDS)]
+    return {k: _redact(cfg[k]) for k in keep}
+
+
+def _config(manifest: dict[str, Any]) -> str:
+    cfg = manifest.get("config")
+    if not cfg:
+        return ""
+    rows = ((k, _inline(v)) for k, v in _redact(cfg).items())
+    return f"<h2>Config</h2><details><summary>resolved config</summary>{_kv(rows)}</details>"
