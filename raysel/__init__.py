@@ -11,11 +11,12 @@ if TYPE_CHECKING:
     from raysel.driver import RunResult
 
 
-def select(cfg: RunConfig) -> RunResult:
-    """Run selection as configured (the Python twin of `raysel select`); see raysel.driver.run."""
+def select(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> RunResult:
+    """Run selection as configured (the Python twin of `raysel select [--resume | --overwrite]`); see
+    raysel.driver.run."""
     from raysel.driver import run
 
-    return run(cfg, select=True)
+    return run(cfg, select=True, resume=resume, overwrite=overwrite)
 
 
 __all__ = ["select", "__version__"]
