@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysel import schema as S
@@ -21,16 +23,14 @@ EXAMPLES = 5
 
 def find_duplicates(ingest: pa.Table) -> dict[str, str]:
     """source of each later copy -> source of the first copy with the same id (rows in input order)."""
-    first: dict[str, str] = {}
-    dups: dict[str, str] = {}
-    for rid, src, why in zip(*(ingest[c].to_pylist() for c in (S.ID, S.SOURCE, S.REJECT_REASON)), strict=True):
-        if why:
-            continue
-        if rid in first:
-            dups[src] = first[rid]
-        else:
-            first[rid] = src
-    return dups
+    rows = np.flatnonzero(pc.equal(ingest[S.REJECT_REASON], "").to_numpy(zero_copy_only=False))
+    if not len(rows):
+        return {}
+    codes = pc.dictionary_encode(ingest[S.ID].take(rows)).combine_chunks().indices.to_numpy()
+    first = np.unique(codes, return_index=True)[1]  # each id's first row (among the parsed rows)
+    later = np.flatnonzero(first[codes] != np.arange(len(codes)))
+    src = ingest[S.SOURCE]  # only the duplicates' sources become Python strings
+    return dict(zip(src.take(rows[later]).to_pylist(), src.take(rows[first[codes[later]]]).to_pylist(), strict=True))
 
 
 def _groups(pairs: dict[str, str]) -> dict[str, Any]:

@@ -175,13 +175,17 @@ def with_positions(tables: Iterable[pa.Table], names: list[str], start: int = 0)
         offset += t.num_rows
 
 
-def iter_parquet(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
-    """A Parquet file's rows in order, in record batches of bounded size."""
+def iter_parquet(path: Path, columns: list[str] | None = None, batch_size: int = 4096) -> Iterator[pa.Table]:
+    """A Parquet file's rows in order, in record batches of bounded size, one row group read at a time.
+
+    (pyarrow's threaded iter_batches reads row groups far ahead of the consumer: over a million-row file
+    of text that is the whole text in memory at once.)"""
     with pq.ParquetFile(path) as f:
         if f.metadata.num_rows == 0:  # still one (empty) table, so callers see the columns
             yield f.schema_arrow.empty_table() if columns is None else f.read(columns=columns)
-        for rb in f.iter_batches(batch_size=4096, columns=columns):
-            yield pa.Table.from_batches([rb])
+        for group in range(f.num_row_groups):
+            for rb in f.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns, use_threads=False):
+                yield pa.Table.from_batches([rb])
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:

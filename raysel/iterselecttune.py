@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.config import ConfigError, GenerateConfig, JudgeConfig, RunConfig
-from raysel.io import LIGHT_CPUS, arrow_batches, with_positions, write_parquet_stream
+from raysel.io import LIGHT_CPUS, arrow_batches, iter_parquet, with_positions, write_parquet_stream
 from raysel.select.topk import BELOW_CUTOFF, SELECTED, Selection
 from raysel.steps import Steps
 
@@ -413,13 +413,11 @@ def _final(rows_path: Path, path: Path, columns: dict[str, pa.Array]) -> int:
 
     def tables() -> Iterator[pa.Table]:
         offset = 0
-        with pq.ParquetFile(rows_path) as f:
-            for rb in f.iter_batches(batch_size=65536):
-                t = pa.Table.from_batches([rb])
-                for name, values in columns.items():
-                    t = t.append_column(name, values.slice(offset, t.num_rows))
-                offset += t.num_rows
-                yield t
+        for t in iter_parquet(rows_path, batch_size=65536):
+            for name, values in columns.items():
+                t = t.append_column(name, values.slice(offset, t.num_rows))
+            offset += t.num_rows
+            yield t
 
     return write_parquet_stream(tables(), path)
 

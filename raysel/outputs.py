@@ -50,8 +50,8 @@ def finish(
     _write_scores(scored, out / "scores.parquet", sel if select else None)
     n_selected = write_jsonl(_selected_rows(scored, sel.selected), out / "selected.jsonl") if select else 0
     rejected = write_jsonl(_rejected_rows(compact, dropped, scored), out / "rejected.jsonl")
-    reasons = Counter(r.split(":", 1)[0] for r in compact[S.REJECT_REASON].to_pylist() if r)
-    unscorable = Counter(r.split(":", 1)[0] for r in table[S.REJECT_REASON].to_pylist() if r)
+    reasons = Counter(r.split(":", 1)[0] for r in _nonempty(compact[S.REJECT_REASON]))
+    unscorable = Counter(r.split(":", 1)[0] for r in _nonempty(table[S.REJECT_REASON]))
     counts = {
         "read": compact.num_rows,
         "rejected_input": sum(reasons.values()),
@@ -76,6 +76,11 @@ def finish(
         "rejected_by_reason": dict(reasons + unscorable + Counter(r.split(" of ", 1)[0] for r in dropped.values())),
         "outputs": sorted({p.name for p in out.iterdir() if p.is_file()} | {"manifest.json"}),
     }
+
+
+def _nonempty(reasons: pa.ChunkedArray) -> list[str]:
+    """The reasons given (only the rows set aside become Python strings)."""
+    return reasons.filter(pc.not_equal(reasons, "")).to_pylist()
 
 
 def _write_scores(scored: Path, dest: Path, sel) -> None:

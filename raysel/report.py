@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from raysel import __version__
 from raysel import schema as S
+from raysel.io import iter_parquet
 
 PLOTTED = (
     S.SCORE_IFD, S.SCORE_IFD_PPL, S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_CLASSIFIER, S.SCORE_SIMILARITY, S.SCORE_IST,
@@ -97,13 +98,11 @@ def _texts(run_dir: Path, manifest: dict[str, Any], ids: Sequence[str]) -> dict[
     fields = [c for c in (S.INSTRUCTION, S.INPUT, S.OUTPUT) if c in schemas[path]]
     wanted = pa.array(sorted(set(ids)), pa.string())
     found: dict[str, dict[str, str]] = {}
-    with pq.ParquetFile(path) as f:
-        for rb in f.iter_batches(batch_size=8192, columns=[S.ID, *(fields or [S.RAW])]):
-            t = pa.Table.from_batches([rb])
-            for row in t.filter(pc.is_in(t[S.ID], value_set=wanted)).to_pylist():
-                found.setdefault(row[S.ID], row if fields else _from_raw(row[S.RAW]))
-            if len(found) == len(wanted):
-                break
+    for t in iter_parquet(path, columns=[S.ID, *(fields or [S.RAW])], batch_size=8192):
+        for row in t.filter(pc.is_in(t[S.ID], value_set=wanted)).to_pylist():
+            found.setdefault(row[S.ID], row if fields else _from_raw(row[S.RAW]))
+        if len(found) == len(wanted):
+            break
     return found
 
 

@@ -165,16 +165,14 @@ def vectors_of(table: pa.Table) -> np.ndarray:
 def read_vectors(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
     """All vectors of an embed step, or only those at the sorted positions `rows`, read batch by batch."""
     parts, offset = [], 0
-    with pq.ParquetFile(path) as f:
-        for rb in f.iter_batches(batch_size=65536, columns=[S.EMBEDDING]):
-            t = pa.Table.from_batches([rb])
-            if rows is None:
-                parts.append(vectors_of(t))
-            else:
-                lo, hi = np.searchsorted(rows, [offset, offset + t.num_rows])
-                if hi > lo:
-                    parts.append(vectors_of(t.take(pa.array(rows[lo:hi] - offset))))
-            offset += t.num_rows
+    for t in iter_parquet(path, columns=[S.EMBEDDING], batch_size=65536):
+        if rows is None:
+            parts.append(vectors_of(t))
+        else:
+            lo, hi = np.searchsorted(rows, [offset, offset + t.num_rows])
+            if hi > lo:
+                parts.append(vectors_of(t.take(pa.array(rows[lo:hi] - offset))))
+        offset += t.num_rows
     dim = pq.read_schema(path).field(S.EMBEDDING).type.list_size
     return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
 

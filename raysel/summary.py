@@ -67,8 +67,10 @@ def print_summary(result: RunResult, *, demo: bool = False) -> None:
         for r in ist["rounds"]:
             judged = r.get("judge")
             verdicts = ", ".join(f"{k} {v}" for k, v in sorted(judged["verdicts"].items())) if judged else ""
-            print(f"    round {r['round']} ({r['kind']}): took {r['batch']} of {r['candidates']}, "
-                  f"+{r['hard_added']} hard (total {r['hard_total']})" + (f"; judge: {verdicts}" if judged else ""))
+            print(
+                f"    round {r['round']} ({r['kind']}): took {r['batch']} of {r['candidates']}, "
+                f"+{r['hard_added']} hard (total {r['hard_total']})" + (f"; judge: {verdicts}" if judged else "")
+            )
         print(f"  selected {ist['selected']}: {ist['rows_by_judge']} by the judge, "
               f"{ist['rows_by_classifier']} by the inference rounds; judge {j['model']}: {j['calls']} calls, "
               f"{j['judgements']} judgements "

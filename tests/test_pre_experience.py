@@ -67,7 +67,7 @@ def test_pre_experience_pipeline_on_tiny_model(tiny_hf_model: str, ray_local, tm
     assert all(again.manifest["timings_s"][n] == "skipped (completed earlier)" for n in (*PRE_STEPS, "score"))
     assert (out / "selected.jsonl").read_text() == (again.output / "selected.jsonl").read_text()
     # Another training config on the same run directory trains a model of its own (not the old checkpoints).
-    other = run(load_config(None, _tiny_pre(tmp_path, tiny_hf_model, **{"train.lr": 5e-3})))
+    other = run(load_config(None, _tiny_pre(tmp_path, tiny_hf_model, **{"train.lr": 5e-3})), resume=True)
     assert other.manifest["timings_s"]["pre_embed"] == "skipped (completed earlier)"
     assert isinstance(other.manifest["timings_s"]["pre_model"], float)
     assert len(list((out / "train").iterdir())) == 2
@@ -88,7 +88,8 @@ def test_near_duplicates_reported_then_removed(ray_local, tmp_path: Path) -> Non
     rep = run(load_config(None, base | {"output": str(tmp_path / "report")})).manifest
     assert rep["duplicates"]["near"]["extra_copies"] >= 2 and rep["counts"]["near_duplicates"] == 0
     # Another threshold reuses the embeddings: only the grouping is redone.
-    looser = run(load_config(None, base | {"output": str(tmp_path / "report"), "data.near_dup": 0.9})).manifest
+    looser = run(load_config(None, base | {"output": str(tmp_path / "report"), "data.near_dup": 0.9}), resume=True)
+    looser = looser.manifest
     assert looser["timings_s"]["embed"] == "skipped (completed earlier)"
     assert looser["duplicates"]["near"]["extra_copies"] >= rep["duplicates"]["near"]["extra_copies"]
     # Removed: the later copy of each group is rejected, naming the first.

@@ -19,6 +19,9 @@ class StageSpec:
     num_gpus: float
     concurrency: int
     batch_size: int
+    on_driver_node: bool = False
+    """Place the actors on the driver's node (they write files on its disk, e.g. the judge cache); soft: a
+    head node with no room for them (num_cpus 0) still runs the stage elsewhere."""
 
     @classmethod
     def for_backend(cls, cfg: ScoreConfig | GenerateConfig) -> StageSpec:
@@ -65,6 +68,13 @@ def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Da
     spec = stage_cls.spec(cfg)
     _warn_if_no_room(stage_cls.__name__, spec)
     ds = _split_blocks(ds, spec.batch_size)
+    extra: dict[str, Any] = {}
+    if spec.on_driver_node:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = ray.get_runtime_context().get_node_id()
+        extra["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
     return ds.map_batches(
         stage_cls,
         fn_constructor_kwargs={"cfg": cfg},
@@ -73,6 +83,7 @@ def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Da
         batch_format="numpy",
         num_cpus=spec.num_cpus,
         num_gpus=spec.num_gpus,
+        **extra,
     )
 
 

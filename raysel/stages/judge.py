@@ -68,8 +68,11 @@ class JudgeStage:
             return StageSpec(
                 num_cpus=local.num_cpus, num_gpus=local.num_gpus, concurrency=judge.actors, batch_size=local.batch_size
             )
-        # a batch holds 2 requests per row: 4 x concurrency rows keep every slot busy most of the batch
-        return StageSpec(num_cpus=0.25, num_gpus=0.0, concurrency=judge.actors, batch_size=4 * judge.concurrency)
+        # A batch holds 2 requests per row: 4 x concurrency rows keep every slot busy most of the batch. The
+        # actors only wait on HTTP: they run on the driver's node, where the judge cache (a directory the
+        # run directory holds, or judge.cache) is, so no judgement paid for is written to another node's disk.
+        return StageSpec(num_cpus=0.25, num_gpus=0.0, concurrency=judge.actors, batch_size=4 * judge.concurrency,
+                         on_driver_node=True)  # fmt: skip
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         questions = [question_of(str(i), str(x)) for i, x in zip(batch[S.INSTRUCTION], batch[S.INPUT], strict=True)]
