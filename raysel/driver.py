@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.config import RunConfig, ScoreConfig, dump_yaml
@@ -28,6 +27,7 @@ from raysel.io import (
     arrow_batches,
     expand_input,
     fingerprint,
+    read_columns,
     read_corpus,
     write_parquet_stream,
 )
@@ -144,7 +144,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         ds = read_corpus(cfg.data, files).map_batches(_compact, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
         return write_parquet_stream(arrow_batches(ds), path, S.COMPACT_SCHEMA)
 
-    compact = pq.read_table(steps.run("ingest", data_key, ingest))
+    compact = read_columns(steps.run("ingest", data_key, ingest))
     if cfg.data.strict:
         _raise_first_reject(compact)
     exact = find_duplicates(compact)

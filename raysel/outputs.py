@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from raysel import __version__
 from raysel import schema as S
 from raysel.config import RunConfig
-from raysel.io import iter_parquet, write_jsonl, write_parquet_stream
+from raysel.io import iter_parquet, read_columns, write_jsonl, write_parquet_stream
 from raysel.select.topk import IFD_ABOVE_1, Selection, select_top_ifd
 
 SCORE_COLUMNS = (
@@ -41,7 +41,7 @@ def finish(
     is the method's (IterIT's); by default the IFD top k of `scored`.
     """
     has_ifd = S.SCORE_IFD in pq.read_schema(scored).names  # IterSelectTune scores no IFD
-    table = pq.read_table(scored, columns=[S.SCORE_IFD, S.REJECT_REASON] if has_ifd else [S.REJECT_REASON])
+    table = read_columns(scored, [S.SCORE_IFD, S.REJECT_REASON] if has_ifd else [S.REJECT_REASON])
     if has_ifd:
         ifd = table[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64)
     else:  # every row the method kept counts as scored unless it carries a reason

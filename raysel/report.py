@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from raysel import __version__
 from raysel import schema as S
-from raysel.io import iter_parquet
+from raysel.io import iter_parquet, read_columns
 
 PLOTTED = (
     S.SCORE_IFD, S.SCORE_IFD_PPL, S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_CLASSIFIER, S.SCORE_SIMILARITY, S.SCORE_IST,
@@ -69,7 +69,7 @@ def _read_scores(path: Path) -> pa.Table:
         return pa.table({S.ID: pa.array([], pa.string())})
     names = pq.read_schema(path).names
     wanted = [S.ID, *PLOTTED, S.SELECTED, S.SELECT_REASON, S.RANK_IFD, S.CLUSTER]
-    return pq.read_table(path, columns=[c for c in wanted if c in names])
+    return read_columns(path, [c for c in wanted if c in names])
 
 
 def _floats(table: pa.Table, name: str) -> np.ndarray:
@@ -280,7 +280,7 @@ def _clusters(run_dir: Path, scores: pa.Table) -> np.ndarray | None:
     path = run_dir / "steps" / "pre_cluster.parquet"
     if not path.is_file() or not scores.num_rows:
         return None
-    table = pq.read_table(path, columns=[S.ID, S.CLUSTER])
+    table = read_columns(path, [S.ID, S.CLUSTER])
     at = pc.index_in(scores[S.ID], value_set=table[S.ID]).fill_null(-1).to_numpy(zero_copy_only=False)
     labels = table[S.CLUSTER].to_numpy(zero_copy_only=False).astype(np.int64)
     return np.where(at >= 0, labels[np.maximum(at, 0)], -1)

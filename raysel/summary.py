@@ -6,10 +6,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.driver import RunResult
+from raysel.io import read_columns, take_rows
 
 
 def demo_breakdown(out: Path) -> dict[str, Counter]:
@@ -94,6 +96,12 @@ def _print_top(out: Path, n: int = 3) -> None:
     cols = [S.INSTRUCTION, S.SCORE_IFD, S.SELECTED]
     if not (out / "selected.jsonl").exists() or not set(cols) <= set(pq.read_schema(out / "scores.parquet").names):
         return
-    rows = [r for r in pq.read_table(out / "scores.parquet", columns=cols).to_pylist() if r[S.SELECTED]]
-    for r in sorted(rows, key=lambda r: -r[S.SCORE_IFD])[:n]:
-        print(f"  top pick, IFD {r[S.SCORE_IFD]:.3f}: {r[S.INSTRUCTION][:90]!r}")
+    t = read_columns(out / "scores.parquet", [S.SCORE_IFD, S.SELECTED])  # only the n shown rows' text is read
+    selected = t[S.SELECTED].to_numpy(zero_copy_only=False).astype(bool)
+    ifd = np.where(selected, t[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64), -np.inf)
+    top = np.argsort(-ifd, kind="stable")[:n]
+    top = top[selected[top]]
+    text = dict(zip(np.sort(top).tolist(), take_rows(out / "scores.parquet", np.sort(top), [S.INSTRUCTION])[
+        S.INSTRUCTION].to_pylist(), strict=True))  # fmt: skip
+    for i in top.tolist():
+        print(f"  top pick, IFD {ifd[i]:.3f}: {text[i][:90]!r}")
