@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from raysel.driver import run
 from raysel.iterit import PICK
 from raysel.select.greedy import iterit_ranking
 from tests.conftest import TINY_JSONL
+from tests.procs import sigkill_when
 
 ROUND_STEPS = ("score", "ranking", "model")
 
@@ -138,16 +137,7 @@ def test_a_killed_run_resumes_from_the_last_finished_step(
     cmd = [sys.executable, str(script), json.dumps(_tiny(out, tiny_hf_model))]
     proc = subprocess.Popen(cmd, cwd=repo, env=env, start_new_session=True)
     marker = out / "round_1" / "score.done.json"
-    try:
-        deadline = time.monotonic() + 400
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=60)
+    sigkill_when(proc, marker.exists)
     assert marker.exists() and not (out / "manifest.json").exists(), "the run was not killed in epoch 1"
     resumed = run(load_config(None, _tiny(out, tiny_hf_model)))
     timings = resumed.manifest["timings_s"]

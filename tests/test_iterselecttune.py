@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from raysel.select.cluster import sample_proportional
 from raysel.steps import read_vectors
 from raysel.train.classifier import HardClassifier, classifier_text, probabilities
 from tests.conftest import read_tiny_rows
+from tests.procs import sigkill_when
 
 BATCH, TRAINING_ROUNDS, ALPHA = 3, 2, 0.8
 KEY_ENV, SECRET = "RAYSEL_TEST_IST_KEY", "sk-ist-test-secret-4b1d"
@@ -219,16 +218,9 @@ def test_a_killed_run_resumes_without_rejudging(
     log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 400
-        while server.requests - start < 2 * BATCH + 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        sigkill_when(proc, lambda: server.requests - start >= 2 * BATCH + 2, poll_s=0.05)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         server.delay_s = 0.0
-    proc.wait(timeout=60)
     log.close()
     assert "[raysel] step round_0/judge" in (tmp_path / "driver.log").read_text()  # the driver's own log
     assert (out / "round_0" / "judge.done.json").exists() and not (out / "round_1" / "judge.done.json").exists()

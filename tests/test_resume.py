@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from raysel.cli import main
+from tests.procs import sigkill_when
 
 TINY = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
-ARGS = ["--backend", "fake", "--k", "6", "--score.batch_size", "2", "--score.concurrency", "1", "--checkpoint_rows", "4"]
+ARGS = ["--backend", "fake", "--k", "6", "--score.batch_size", "2", "--score.concurrency", "1"]
+ARGS += ["--checkpoint_rows", "4"]
 
 KILLED = """
 import os, sys, ray
@@ -41,16 +41,8 @@ def test_killed_mid_scoring_resumes_from_its_parts(ray_local, tmp_path: Path, ca
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, str(script), *_select(out)], cwd=repo, env=env, start_new_session=True)
     parts = out / "steps" / "score.parts"
-    try:  # (scoring 24 rows 2 at a time, 0.4 s a batch, takes about 5 s)
-        deadline = time.monotonic() + 300
-        while len(list(parts.glob("part-*.parquet"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=60)
+    # (scoring 24 rows 2 at a time, 0.4 s a batch, takes about 5 s)
+    sigkill_when(proc, lambda: len(list(parts.glob("part-*.parquet"))) >= 2, timeout=300)
     done = sorted(parts.glob("part-*.parquet"))
     scored_before = sum(pq.read_metadata(p).num_rows for p in done)
     assert len(done) >= 2 and 0 < scored_before < 21, "the run was not killed in the middle of scoring"
