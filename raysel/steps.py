@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from raysel import rundir
 from raysel import schema as S
 from raysel.config import EmbedConfig
-from raysel.io import LIGHT_CPUS, iter_parquet, write_parquet_stream
+from raysel.io import LIGHT_CPUS, iter_parquet, take_rows, write_parquet_stream
 
 if TYPE_CHECKING:
     import ray.data
@@ -164,15 +164,9 @@ def vectors_of(table: pa.Table) -> np.ndarray:
 
 def read_vectors(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
     """All vectors of an embed step, or only those at the sorted positions `rows`, read batch by batch."""
-    parts, offset = [], 0
-    for t in iter_parquet(path, columns=[S.EMBEDDING], batch_size=65536):
-        if rows is None:
-            parts.append(vectors_of(t))
-        else:
-            lo, hi = np.searchsorted(rows, [offset, offset + t.num_rows])
-            if hi > lo:
-                parts.append(vectors_of(t.take(pa.array(rows[lo:hi] - offset))))
-        offset += t.num_rows
+    if rows is not None:
+        return vectors_of(take_rows(path, rows, [S.EMBEDDING]))
+    parts = [vectors_of(t) for t in iter_parquet(path, columns=[S.EMBEDDING], batch_size=65536)]
     dim = pq.read_schema(path).field(S.EMBEDDING).type.list_size
     return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
 
