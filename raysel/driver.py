@@ -166,13 +166,13 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         from raysel.iterit import run_iterit
 
         result = run_iterit(cfg, out, rows, key, steps.timings)
-        return _write(cfg, out, compact, dropped, result.scored, select, steps, cluster,
+        return _write(cfg, out, compact, dropped, result.scored, select, steps, cluster, rows,
                       {"duplicates": duplicates, "iterit": result.section}, result.selection)  # fmt: skip
     if cfg.select.method == "iterselecttune":
         from raysel.iterselecttune import run_iterselecttune
 
         res = run_iterselecttune(cfg, out, rows, key, steps.timings)
-        return _write(cfg, out, compact, dropped, res.scored, select, steps, cluster,
+        return _write(cfg, out, compact, dropped, res.scored, select, steps, cluster, rows,
                       {"duplicates": duplicates, "iterselecttune": res.section}, res.selection)  # fmt: skip
     score_cfg, extra = cfg.score, {}
     if cfg.pre_experience.enabled and parsed > len(dropped):
@@ -184,15 +184,18 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
 
     def score(path: Path) -> int:
         if parsed == len(dropped):  # nothing to score: no model start
-            return write_parquet_stream([], path, S.SCORED_SCHEMA)
+            return write_parquet_stream([], path, S.IFD_SCORES_SCHEMA)
 
         def tables(done: pa.Array | None, offset: int):
-            return arrow_batches(apply(without(rows(), done), IfdScoreStage, score_cfg))
+            # The workers drop the text: only ids and scores reach the driver (outputs.write_texts reads
+            # back the few rows whose text the outputs quote).
+            ds = apply(without(rows(), done), IfdScoreStage, score_cfg)
+            return arrow_batches(ds.select_columns(S.IFD_SCORES_SCHEMA.names))
 
-        return stream_in_parts(path, score_key, tables, S.SCORED_SCHEMA)
+        return stream_in_parts(path, score_key, tables, S.IFD_SCORES_SCHEMA)
 
     scored = steps.run("score", score_key, score)
-    return _write(cfg, out, compact, dropped, scored, select, steps, cluster, {"duplicates": duplicates, **extra})
+    return _write(cfg, out, compact, dropped, scored, select, steps, cluster, rows, {"duplicates": duplicates, **extra})
 
 
 def _peak_rss_mb() -> float:
@@ -201,15 +204,15 @@ def _peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def _write(cfg, out, compact, dropped, scored, select, steps, cluster, extra, selection=None) -> RunResult:
+def _write(cfg, out, compact, dropped, scored, select, steps, cluster, rows, extra, selection=None) -> RunResult:
     """The run's final files, manifest.json (its presence means the run finished), then report.html."""
     from raysel import rundir
 
     start = time.perf_counter()
-    manifest = finish(cfg, out, compact, dropped, scored, select, selection)
+    manifest = finish(cfg, out, compact, dropped, scored, select, rows, selection)
     steps.timings["write"] = round(time.perf_counter() - start, 3)
     manifest |= {**extra, "timings_s": steps.timings, "ray": cluster, "driver_peak_rss_mb": _peak_rss_mb()}
-    manifest["tables"] = {"scored": Path(scored).relative_to(out).as_posix()}
+    manifest["tables"] = {"scored": Path(scored).relative_to(out).as_posix(), "texts": "steps/texts.parquet"}
     if "report.html" not in manifest["outputs"]:
         manifest["outputs"] = sorted([*manifest["outputs"], "report.html"])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

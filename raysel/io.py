@@ -197,13 +197,18 @@ def read_columns(path: Path, columns: list[str] | None = None) -> pa.Table:
 
 def take_rows(path: Path, positions: np.ndarray, columns: list[str]) -> pa.Table:
     """The rows at sorted 0-based `positions` of a Parquet file, streamed (only those rows are kept)."""
-    parts, offset = [], 0
+    parts = list(iter_rows_at(path, positions, columns))
+    return pa.concat_tables(parts) if parts else pq.read_schema(path).empty_table().select(columns)
+
+
+def iter_rows_at(path: Path, positions: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
+    """The rows at sorted 0-based `positions` of a Parquet file, batch by batch (none held beyond its batch)."""
+    offset = 0
     for t in iter_parquet(path, columns=columns, batch_size=65536):
         lo, hi = np.searchsorted(positions, [offset, offset + t.num_rows])
         if hi > lo:
-            parts.append(t.take(pa.array(positions[lo:hi] - offset)))
+            yield t.take(pa.array(positions[lo:hi] - offset))
         offset += t.num_rows
-    return pa.concat_tables(parts) if parts else pq.read_schema(path).empty_table().select(columns)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:

@@ -1,12 +1,16 @@
-"""The run directory's final files: scores.parquet, selected.jsonl, rejected.jsonl and the manifest's counts."""
+"""The run directory's final files: scores.parquet, selected.jsonl, rejected.jsonl and the manifest's counts.
+
+The driver holds ids and scores, never the corpus text: the text of the rows the outputs quote (selected,
+unscorable, the report's examples) comes back from the workers in one filtered pass over the corpus into
+steps/texts.parquet, and selected.jsonl / rejected.jsonl stream it from there."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +20,20 @@ import pyarrow.parquet as pq
 from raysel import __version__
 from raysel import schema as S
 from raysel.config import RunConfig
-from raysel.io import iter_parquet, read_columns, write_jsonl, write_parquet_stream
+from raysel.io import (
+    LIGHT_CPUS,
+    arrow_batches,
+    iter_parquet,
+    iter_rows_at,
+    read_columns,
+    take_rows,
+    write_jsonl,
+    write_parquet_stream,
+)
 from raysel.select.topk import IFD_ABOVE_1, Selection, select_top_ifd
+
+if TYPE_CHECKING:
+    import ray.data
 
 SCORE_COLUMNS = (
     S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD, S.PPL_COND, S.PPL_DIRECT, S.SCORE_IFD_PPL, S.N_ANSWER_TOKENS,
@@ -33,12 +49,15 @@ def finish(
     dropped: dict[str, str],
     scored: Path,
     select: bool,
+    rows: Callable[[], ray.data.Dataset],
     selection: Selection | None = None,
 ) -> dict:
     """Select (when asked) and write the final files; returns the manifest (counts add up, or it raises).
 
-    `dropped` maps the source of each row left out before scoring (a duplicate) to the reason. `selection`
-    is the method's (IterIT's); by default the IFD top k of `scored`.
+    `dropped` maps the source of each row left out before scoring (a duplicate) to the reason. `rows()` is
+    the dataset that was scored (row for row, in the order of `scored`): the quoted rows' text is read back
+    from it unless `scored` has the text. `selection` is the method's (IterIT's); by default the IFD top k
+    of `scored`.
     """
     has_ifd = S.SCORE_IFD in pq.read_schema(scored).names  # IterSelectTune scores no IFD
     table = read_columns(scored, [S.SCORE_IFD, S.REJECT_REASON] if has_ifd else [S.REJECT_REASON])
@@ -48,8 +67,18 @@ def finish(
         ifd = np.where(pc.equal(table[S.REJECT_REASON], "").to_numpy(zero_copy_only=False), 0.0, np.nan)
     sel = selection or select_top_ifd(ifd, ratio=cfg.select.ratio, k=cfg.select.k)
     _write_scores(scored, out / "scores.parquet", sel if select else None)
-    n_selected = write_jsonl(_selected_rows(scored, sel.selected), out / "selected.jsonl") if select else 0
-    rejected = write_jsonl(_rejected_rows(compact, dropped, scored), out / "rejected.jsonl")
+    from raysel.report import example_positions
+
+    unscorable_rows = pc.not_equal(table[S.REJECT_REASON], "").to_numpy(zero_copy_only=False)
+    quoted = unscorable_rows | sel.selected if select else unscorable_rows.copy()
+    quoted[example_positions(cfg.select.method, out / "scores.parquet")] = True
+    texts = out / "steps" / "texts.parquet"
+    write_texts(scored, rows, np.flatnonzero(quoted), texts)
+    if select:
+        n_selected = write_jsonl(_selected_rows(scored, texts, sel.selected), out / "selected.jsonl")
+    else:
+        n_selected = 0
+    rejected = write_jsonl(_rejected_rows(compact, dropped, scored, texts, unscorable_rows), out / "rejected.jsonl")
     reasons = Counter(r.split(":", 1)[0] for r in _nonempty(compact[S.REJECT_REASON]))
     unscorable = Counter(r.split(":", 1)[0] for r in _nonempty(table[S.REJECT_REASON]))
     counts = {
@@ -84,10 +113,12 @@ def _nonempty(reasons: pa.ChunkedArray) -> list[str]:
 
 
 def _write_scores(scored: Path, dest: Path, sel) -> None:
+    """scores.parquet: the scored table without its text (ids, sources, scores), plus the selection."""
+
     def batches() -> Iterator[pa.Table]:
         offset = 0
         for t in iter_parquet(scored):
-            t = t.drop_columns([S.RAW])
+            t = t.drop_columns([c for c in S.TEXT if c in t.column_names])
             if sel is not None:
                 part = slice(offset, offset + t.num_rows)
                 t = t.append_column(S.SELECTED, pa.array(sel.selected[part]))
@@ -99,21 +130,83 @@ def _write_scores(scored: Path, dest: Path, sel) -> None:
     write_parquet_stream(batches(), dest)
 
 
-def _selected_rows(scored: Path, selected: np.ndarray) -> Iterator[dict[str, Any]]:
-    """Original fields + id + scores, in input order."""
-    offset = 0
-    names = set(pq.read_schema(scored).names)
-    for t in iter_parquet(scored, columns=[S.ID, S.RAW, *(c for c in SCORE_COLUMNS if c in names)]):
-        mask = selected[offset : offset + t.num_rows]
+def _pick(batch: pa.Table, wanted: pa.Array) -> pa.Table:
+    """(In the workers) the rows whose source is wanted, with their text."""
+    keep = batch.filter(pc.is_in(batch[S.SOURCE], value_set=wanted))
+    return keep.select([n for n in S.TEXTS_SCHEMA.names if n != S.POSITION])
+
+
+def write_texts(scored: Path, rows: Callable[[], ray.data.Dataset], positions: np.ndarray, path: Path) -> int:
+    """steps/texts.parquet: the text of the scored rows at sorted `positions`, each with its position.
+
+    From `scored` itself when it has the text (IterIT, IterSelectTune keep it for their rounds), else from one
+    pass over `rows()` in which the workers keep only the wanted rows: the driver receives nothing else.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = [n for n in S.TEXTS_SCHEMA.names if n != S.POSITION]
+
+    def with_positions(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        done = 0
+        for t in tables:
+            t = t.select(columns).append_column(S.POSITION, pa.array(positions[done : done + t.num_rows]))
+            done += t.num_rows
+            yield t.select(S.TEXTS_SCHEMA.names).cast(S.TEXTS_SCHEMA)
+
+    if not len(positions):
+        return write_parquet_stream([], path, S.TEXTS_SCHEMA)
+    if set(columns) <= set(pq.read_schema(scored).names):
+        return write_parquet_stream(with_positions(iter_rows_at(scored, positions, columns)), path, S.TEXTS_SCHEMA)
+    wanted = take_rows(scored, positions, [S.SOURCE])[S.SOURCE].combine_chunks()
+    ds = rows().map_batches(_pick, fn_kwargs={"wanted": wanted}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+
+    def checked(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        """The rows come back in scored order: each must be the one at its position."""
+        done = 0
+        for t in tables:
+            expect = wanted.slice(done, t.num_rows)
+            if t.num_rows and not pc.all(pc.equal(t[S.SOURCE].combine_chunks(), expect)).as_py():
+                raise RuntimeError(f"texts of scored rows came back out of order near row {done} (a raysel bug)")
+            done += t.num_rows
+            yield t
+        if done != len(wanted):
+            raise RuntimeError(f"{len(wanted) - done} of {len(wanted)} quoted rows not found in the corpus "
+                               "(did the input change during the run?)")  # fmt: skip
+
+    return write_parquet_stream(with_positions(checked(arrow_batches(ds))), path, S.TEXTS_SCHEMA)
+
+
+def _texts_at(texts: Path) -> Iterator[tuple[int, str]]:
+    for t in iter_parquet(texts, columns=[S.POSITION, S.RAW]):
+        yield from zip(t[S.POSITION].to_pylist(), t[S.RAW].to_pylist(), strict=True)
+
+
+def _join_raw(scored: Path, texts: Path, mask: np.ndarray, columns: list[str]) -> Iterator[tuple[dict, str]]:
+    """(the scored row's `columns`, its original record) for the rows where `mask` is set, in order."""
+    raws, offset, at, raw = _texts_at(texts), 0, -1, ""
+    for t in iter_parquet(scored, columns=columns):
+        picked = np.flatnonzero(mask[offset : offset + t.num_rows])
+        for position, row in zip((picked + offset).tolist(), t.take(pa.array(picked)).to_pylist(), strict=True):
+            while at < position:  # texts.parquet also holds rows quoted for other reasons
+                at, raw = next(raws, (len(mask), ""))
+            if at != position:
+                raise RuntimeError(f"steps/texts.parquet lacks scored row {position} (a raysel bug)")
+            yield row, raw
         offset += t.num_rows
-        for row in t.filter(pa.array(mask)).to_pylist():
-            original = json.loads(row.pop(S.RAW))
-            if S.ID in original and original[S.ID] != row[S.ID]:  # keep the corpus's own id too
-                original["source_id"] = original.pop(S.ID)
-            yield original | row
 
 
-def _rejected_rows(compact: pa.Table, dropped: dict[str, str], scored: Path) -> Iterator[dict[str, Any]]:
+def _selected_rows(scored: Path, texts: Path, selected: np.ndarray) -> Iterator[dict[str, Any]]:
+    """Original fields + id + scores, in input order."""
+    names = set(pq.read_schema(scored).names)
+    for row, raw in _join_raw(scored, texts, selected, [S.ID, *(c for c in SCORE_COLUMNS if c in names)]):
+        original = json.loads(raw)
+        if S.ID in original and original[S.ID] != row[S.ID]:  # keep the corpus's own id too
+            original["source_id"] = original.pop(S.ID)
+        yield original | row
+
+
+def _rejected_rows(
+    compact: pa.Table, dropped: dict[str, str], scored: Path, texts: Path, unscorable: np.ndarray
+) -> Iterator[dict[str, Any]]:
     """Every row set aside: bad input, later copies of duplicates, rows the model could not score."""
     set_aside = pc.or_(
         pc.not_equal(compact[S.REJECT_REASON], ""),
@@ -129,12 +222,5 @@ def _rejected_rows(compact: pa.Table, dropped: dict[str, str], scored: Path) -> 
             }
         elif row[S.SOURCE] in dropped:
             yield {"stage": "dedupe", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": dropped[row[S.SOURCE]]}
-    for t in iter_parquet(scored, columns=[S.ID, S.SOURCE, S.REJECT_REASON, S.RAW]):
-        for row in t.filter(pc.not_equal(t[S.REJECT_REASON], "")).to_pylist():
-            yield {
-                "stage": "score",
-                S.SOURCE: row[S.SOURCE],
-                S.ID: row[S.ID],
-                "reason": row[S.REJECT_REASON],
-                S.RAW: row[S.RAW],
-            }
+    for row, raw in _join_raw(scored, texts, unscorable, [S.ID, S.SOURCE, S.REJECT_REASON]):
+        yield {"stage": "score", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": row[S.REJECT_REASON], S.RAW: raw}

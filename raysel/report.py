@@ -29,8 +29,10 @@ PLOTTED = (
 )  # fmt: skip
 """Score columns given a histogram, when scores.parquet has them."""
 IFD_LIKE = (S.SCORE_IFD, S.SCORE_IFD_PPL)
-TEXT_STEPS = ("steps/score.parquet", "steps/iterit_scores.parquet", "steps/ist_scores.parquet", "scores.parquet")
-"""Where the text of scored rows is looked for when the manifest names no "scored" table."""
+TEXT_STEPS = ("steps/texts.parquet", "steps/score.parquet", "steps/iterit_scores.parquet", "steps/ist_scores.parquet",
+              "scores.parquet")  # fmt: skip
+"""Where the text of scored rows is looked for when the manifest names no "texts" table (runs of older
+versions kept it in the score step and scores.parquet)."""
 SECRET_WORDS = ("key", "token", "secret", "password")
 N_EXAMPLES, CLIP = 10, 300
 
@@ -86,10 +88,10 @@ def _method(manifest: dict[str, Any]) -> str:
     return str(manifest.get("config", {}).get("select", {}).get("method", "ifd"))
 
 
-def _texts(run_dir: Path, manifest: dict[str, Any], ids: Sequence[str]) -> dict[str, dict[str, str]]:
-    """instruction / input / output of the rows `ids` only, from the manifest's "scored" table (else a known
+def texts_of(run_dir: Path, manifest: dict[str, Any], ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """instruction / input / output of the rows `ids` only, from the manifest's "texts" table (else a known
     step file), read batch by batch and filtered in Arrow: the corpus text never becomes Python objects."""
-    named = manifest.get("tables", {}).get("scored")
+    named = manifest.get("tables", {}).get("texts")
     paths = [run_dir / rel for rel in ([named] if named else []) + list(TEXT_STEPS)]
     schemas = {p: pq.read_schema(p).names for p in paths if p.is_file()}
     path = next((p for p, n in schemas.items() if S.ID in n and (S.INSTRUCTION in n or S.RAW in n)), None)
@@ -354,17 +356,32 @@ def _main_score(manifest: dict[str, Any], scores: pa.Table) -> tuple[str, np.nda
     return None
 
 
-def _examples(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
-    head = "<h2>Examples</h2>"
-    main = _main_score(manifest, scores)
+def example_rows(method: str, scores: pa.Table) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The score the method ranks by, its values, and the positions of the N_EXAMPLES highest and lowest
+    scored rows (None when no row has a score). The run's outputs keep these rows' text for the report."""
+    main = _main_score({"config": {"select": {"method": method}}}, scores)
     finite = np.flatnonzero(np.isfinite(main[1])) if main else []
     if not len(finite):
-        return head + _note("no rows scored")
+        return None
     name, values = main
     order = finite[np.argsort(-values[finite], kind="stable")]
-    top, bottom = order[:N_EXAMPLES], order[::-1][:N_EXAMPLES]
+    return name, values, order[:N_EXAMPLES], order[::-1][:N_EXAMPLES]
+
+
+def example_positions(method: str, scores_path: Path) -> np.ndarray:
+    """Sorted positions of the rows the report quotes, from scores.parquet (empty when none is scored)."""
+    picked = example_rows(method, _read_scores(scores_path))
+    return np.unique(np.concatenate(picked[2:])) if picked else np.zeros(0, np.int64)
+
+
+def _examples(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
+    head = "<h2>Examples</h2>"
+    picked = example_rows(_method(manifest), scores)
+    if picked is None:
+        return head + _note("no rows scored")
+    name, values, top, bottom = picked
     ids = scores[S.ID].take(pa.array(np.concatenate([top, bottom]))).to_pylist()  # at most 20 Python strings
-    texts = _texts(run_dir, manifest, ids)
+    texts = texts_of(run_dir, manifest, ids)
     if not texts:
         head += _note("the text of scored rows is not in this run directory")
     tables = [_example_table(scores, rows, name, values, texts) for rows in (top, bottom)]

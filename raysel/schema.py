@@ -90,6 +90,18 @@ SCORED_SCHEMA = pa.schema(
 )
 """What the IFD score step writes: the canonical columns plus the scores (an empty step keeps this schema)."""
 
+TEXT = (INSTRUCTION, INPUT, OUTPUT, MESSAGES, RAW)
+"""The corpus's text columns. They stay in the workers: the driver's tables hold ids and scores."""
+
+IFD_SCORES_SCHEMA = pa.schema([f for f in SCORED_SCHEMA if f.name not in TEXT])
+"""What the IFD score step keeps: id, source, reject reason and the scores (the workers drop the text)."""
+
+TEXTS_SCHEMA = pa.schema(
+    [(POSITION, pa.int64()), *(f for f in CANONICAL_SCHEMA if f.name in (ID, SOURCE, INSTRUCTION, INPUT, OUTPUT, RAW))]
+)
+"""steps/texts.parquet: the text of the rows the outputs quote (selected, unscorable, the report's examples),
+each with its position among the scored rows."""
+
 
 def embedding_schema(dim: int) -> pa.Schema:
     """What an embed step writes: id, source, the vector, and the embedded text's perplexity."""

@@ -7,11 +7,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.driver import RunResult
-from raysel.io import read_columns, take_rows
+from raysel.io import read_columns
+from raysel.report import texts_of
 
 
 def demo_breakdown(out: Path) -> dict[str, Counter]:
@@ -88,20 +90,21 @@ def print_summary(result: RunResult, *, demo: bool = False) -> None:
         print("  where each kind of pair in the demo corpus went:")
         for kind, fate in sorted(demo_breakdown(out).items()):
             print(f"    {kind:<12} " + ", ".join(f"{k}: {v}" for k, v in sorted(fate.items())))
-    _print_top(out)
+    _print_top(out, m)
 
 
-def _print_top(out: Path, n: int = 3) -> None:
+def _print_top(out: Path, manifest: dict, n: int = 3) -> None:
     """The highest-IFD selected rows: what the model found hardest to answer without its instruction."""
-    cols = [S.INSTRUCTION, S.SCORE_IFD, S.SELECTED]
-    if not (out / "selected.jsonl").exists() or not set(cols) <= set(pq.read_schema(out / "scores.parquet").names):
+    if not (out / "selected.jsonl").exists() or not {S.SCORE_IFD, S.SELECTED} <= set(
+        pq.read_schema(out / "scores.parquet").names
+    ):
         return
-    t = read_columns(out / "scores.parquet", [S.SCORE_IFD, S.SELECTED])  # only the n shown rows' text is read
+    t = read_columns(out / "scores.parquet", [S.ID, S.SCORE_IFD, S.SELECTED])
     selected = t[S.SELECTED].to_numpy(zero_copy_only=False).astype(bool)
     ifd = np.where(selected, t[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64), -np.inf)
     top = np.argsort(-ifd, kind="stable")[:n]
     top = top[selected[top]]
-    text = dict(zip(np.sort(top).tolist(), take_rows(out / "scores.parquet", np.sort(top), [S.INSTRUCTION])[
-        S.INSTRUCTION].to_pylist(), strict=True))  # fmt: skip
-    for i in top.tolist():
-        print(f"  top pick, IFD {ifd[i]:.3f}: {text[i][:90]!r}")
+    ids = t[S.ID].take(pa.array(top)).to_pylist()
+    texts = texts_of(out, manifest, ids)  # only the n shown rows' text is read
+    for i, rid in zip(top.tolist(), ids, strict=True):
+        print(f"  top pick, IFD {ifd[i]:.3f}: {texts.get(rid, {}).get(S.INSTRUCTION, '')[:90]!r}")

@@ -15,7 +15,7 @@ from raysel.cli import main
 from raysel.config import load_config
 from raysel.driver import run
 
-REQUIRED = ["id", "instruction", "input", "output", "loss_cond", "loss_direct", "score_ifd"]
+REQUIRED = ["id", "source", "loss_cond", "loss_direct", "score_ifd", "selected", "select_reason", "rank_ifd"]
 
 
 def _reference_ifd(tok, model, instruction: str, inp: str, output: str, max_length: int) -> float:
@@ -55,7 +55,12 @@ def test_select_real_model_matches_paper_formula(shared_data: Path, ray_local, t
     counts = result.manifest["counts"]
     scores = pq.read_table(out / "scores.parquet").to_pandas()
     assert set(REQUIRED) <= set(scores.columns)
+    # ids and scores only: the text stays in the corpus (and selected.jsonl); so does the score step's file
+    assert not set(S.TEXT) & set(scores.columns)
+    assert not set(S.TEXT) & set(pq.read_schema(out / "steps" / "score.parquet").names)
     assert counts["read"] == 20 and counts["read"] == counts["scored"] + counts["rejected_total"]
+    original = json.loads(src.read_text())[:20]
+    text = {S.row_id(r["instruction"], r["input"], r["output"]): r for r in original}
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,7 +69,8 @@ def test_select_real_model_matches_paper_formula(shared_data: Path, ray_local, t
     path = resolve_model("smollm2")
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
     for row in scores.head(8).itertuples():
-        ref = _reference_ifd(tok, model, row.instruction, row.input, row.output, 160)
+        r = text[row.id]
+        ref = _reference_ifd(tok, model, r["instruction"], r["input"], r["output"], 160)
         assert math.isclose(row.score_ifd, ref, rel_tol=1e-3), (row.id, row.score_ifd, ref)
         assert math.isclose(row.ppl_cond, math.exp(row.loss_cond), rel_tol=1e-5)
 
@@ -73,7 +79,12 @@ def test_select_real_model_matches_paper_formula(shared_data: Path, ray_local, t
     expected = set(passed.sort_values("score_ifd", ascending=False, kind="stable").id[:k])
     selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
     assert {r["id"] for r in selected} == expected and len(selected) == counts["selected"] == k
-    original = json.loads(src.read_text())[:20]
+    # the quoted rows' text came back from the workers: the selected rows and the report's examples
+    quoted = pq.read_table(out / "steps" / "texts.parquet").to_pylist()
+    assert {r["id"] for r in selected} <= {q["id"] for q in quoted} <= set(scores.id)
+    for q in quoted:
+        assert (q["instruction"], q["output"]) == (text[q["id"]]["instruction"], text[q["id"]]["output"])
+        assert scores.id[q["position"]] == q["id"]
     by_text = {(r["instruction"], r["output"]): r for r in original}
     for r in selected:  # original fields come back intact, plus id and scores
         assert by_text[(r["instruction"], r["output"])]["input"] == r["input"]
@@ -135,10 +146,16 @@ def test_bad_input_is_counted_and_reported_never_lost(ray_local, tmp_path: Path)
     for needle in ("JSON", "'output'", "null", "empty", "UTF-8", "duplicate of"):
         assert needle in reasons, needle
     assert all(r["source"] for r in rejected)
-    scores = pq.read_table(out / "scores.parquet").to_pandas()
-    long_row = scores[scores.instruction == "Long one."].iloc[0]
-    assert len(long_row.output) == 1_000_000 and long_row.n_answer_tokens > 0  # kept whole, truncated to score
-    assert "From parquet." in set(scores.instruction) and "Hi" in set(scores.instruction)
+    scores = pq.read_table(out / "scores.parquet").to_pandas().set_index("source")
+    long_row = scores.loc[f"{tmp_path}/corpus/a.jsonl:11"]
+    assert long_row.n_answer_tokens > 0  # truncated to score
+    assert np.isfinite(scores.loc[f"{tmp_path}/corpus/b.parquet:1"].score_ifd)
+    assert np.isfinite(scores.loc[f"{tmp_path}/corpus/c.json:1"].score_ifd)
+    # the report quotes its 10 highest and lowest rows (here all 9 scored): their text came back whole
+    texts = pq.read_table(out / "steps" / "texts.parquet").to_pandas().set_index("source")
+    assert len(texts) == c["scored"] and list(texts.position) == list(range(c["scored"]))
+    assert texts.loc[f"{tmp_path}/corpus/a.jsonl:11"].output == "word " * 200_000
+    assert {texts.loc[f"{tmp_path}/corpus/{f}"].instruction for f in ("b.parquet:1", "c.json:1")} == {"From parquet.", "Hi"}
 
 
 def test_strict_mode_stops_with_file_line_and_field(ray_local, tmp_path: Path, capsys) -> None:
@@ -183,7 +200,8 @@ def test_score_ifd_writes_scores_only(ray_local, tmp_path: Path) -> None:
     src = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
     assert main(["score", "ifd", "--input", str(src), "--output", str(tmp_path), "--backend", "fake"]) == 0
     table = pq.read_table(tmp_path / "scores.parquet")
-    assert set(REQUIRED) <= set(table.column_names) and S.SELECTED not in table.column_names
+    assert {S.ID, S.SOURCE, S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD} <= set(table.column_names)
+    assert S.SELECTED not in table.column_names and not set(S.TEXT) & set(table.column_names)
     assert not (tmp_path / "selected.jsonl").exists()
     assert np.isfinite(table[S.SCORE_IFD].to_numpy()).all()
 

@@ -165,17 +165,17 @@ def test_clusters_judge_and_secrets(ifd_run: Path, tmp_path: Path) -> None:
     assert "MY_KEY_ENV" in page and not re.search("LEAK", page)
 
 
-def test_text_comes_from_the_manifest_scored_table(ifd_run: Path, tmp_path: Path) -> None:
+def test_text_comes_from_the_manifest_texts_table(ifd_run: Path, tmp_path: Path) -> None:
     """Only `id` and `raw` (the original record as JSON) are needed; the rows shown are read by id."""
     out = shutil.copytree(ifd_run, tmp_path / "run")
-    rows = pq.read_table(out / "steps" / "score.parquet", columns=[S.ID, S.RAW]).to_pylist()
+    rows = pq.read_table(out / "steps" / "texts.parquet", columns=[S.ID, S.RAW]).to_pylist()
     raw = [
         json.dumps(json.loads(r[S.RAW]) | {"instruction": "RAW " + json.loads(r[S.RAW])["instruction"]}) for r in rows
     ]
     (out / "tables").mkdir()
     pq.write_table(pa.table({S.ID: [r[S.ID] for r in rows], S.RAW: raw}), out / "tables" / "scored.parquet")
     manifest = json.loads((out / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps(manifest | {"tables": {"scored": "tables/scored.parquet"}}))
+    (out / "manifest.json").write_text(json.dumps(manifest | {"tables": {"texts": "tables/scored.parquet"}}))
     page = _checked(out)
     assert "RAW What is the capital of France?" in page and "RAW Repeat the tag &lt;script&gt;" in page
     assert "&lt;b&gt;x&lt;/b&gt; &amp; y" in page
