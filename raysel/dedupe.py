@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.config import RunConfig
+from raysel.io import iter_parquet, take_rows
 from raysel.steps import Steps, embed_rows, read_vectors
 
 if TYPE_CHECKING:
@@ -21,34 +23,70 @@ EXAMPLES = 5
 """Groups quoted in the manifest."""
 
 
-def find_duplicates(ingest: pa.Table) -> dict[str, str]:
-    """source of each later copy -> source of the first copy with the same id (rows in input order)."""
-    good = pc.equal(ingest[S.REJECT_REASON], "").to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero(good)
-    if not len(rows):
+def find_duplicates(ingest: Path) -> dict[str, str]:
+    """source of each later copy -> source of the first copy with the same id (rows in input order).
+
+    `ingest` is the ingest step's file, read batch by batch: only the parsed rows' ids are held, as 16-byte
+    keys (raysel's content ids are 32 hex digits), while they are sorted; only the duplicates' sources
+    become Python strings."""
+    rows_all, keys = _parsed_keys(ingest, as_text=False)
+    if keys is None:  # ids that are not content ids (written by hand): compare them as text
+        rows_all, keys = _parsed_keys(ingest, as_text=True)
+    if not len(rows_all):
         return {}
-    ids = ingest[S.ID] if len(rows) == len(good) else ingest[S.ID].take(rows)
-    first = _first_copy(ids.combine_chunks())
+    first = _first_copy(keys)
+    del keys
     later = np.flatnonzero(first != np.arange(len(first)))
-    src = ingest[S.SOURCE]  # only the duplicates' sources become Python strings
-    return dict(zip(src.take(rows[later]).to_pylist(), src.take(rows[first[later]]).to_pylist(), strict=True))
+    dup, orig = rows_all[later], rows_all[first[later]]
+    wanted = np.unique(np.concatenate([dup, orig]))
+    names = take_rows(ingest, wanted, [S.SOURCE])[S.SOURCE].to_pylist()
+    at = dict(zip(wanted.tolist(), names, strict=True))
+    return {at[d]: at[o] for d, o in zip(dup.tolist(), orig.tolist(), strict=True)}
 
 
-def _first_copy(ids: pa.StringArray) -> np.ndarray:
-    """For each row, the position of the first row with the same id.
+_HEX = np.full(256, 255, np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 
-    Content ids have one width (hex digests): their bytes are viewed in place as fixed-width NumPy strings
-    and sorted (about 60 bytes per row at the peak, where a hash table of every id took about 300). Ids of
-    varying width go through Arrow's dictionary encoding."""
+
+def _parsed_keys(ingest: Path, as_text: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions of the parsed rows and their id keys (None: some id is not 32 hex digits)."""
+    rows, keys, offset = [], [], 0
+    for t in iter_parquet(ingest, columns=[S.ID, S.REJECT_REASON], batch_size=65536):
+        good = np.flatnonzero(pc.equal(t[S.REJECT_REASON], "").to_numpy(zero_copy_only=False))
+        ids = t[S.ID].take(pa.array(good)).combine_chunks()
+        key = np.array(ids.to_pylist(), dtype=object) if as_text else _hex_keys(ids)
+        if key is None:
+            return np.zeros(0, np.int64), None
+        rows.append(good + offset)
+        keys.append(key)
+        offset += t.num_rows
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, object)
+    return np.concatenate(rows), np.concatenate(keys)
+
+
+def _hex_keys(ids: pa.StringArray) -> np.ndarray | None:
+    """The 16 bytes of each 32-hex-digit id, as one sortable NumPy value per row (None if any id is not)."""
+    if not len(ids):
+        return np.zeros(0, "V16")
     lengths = pc.binary_length(ids)
-    width = pc.max(lengths).as_py() or 0
-    if ids.null_count or width == 0 or pc.min(lengths).as_py() != width:
-        codes = pc.dictionary_encode(ids).indices.to_numpy()
-        return np.unique(codes, return_index=True)[1][codes]
+    if ids.null_count or pc.min(lengths).as_py() != 32 or pc.max(lengths).as_py() != 32:
+        return None
     offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=len(ids) + 1, offset=ids.offset * 4)
-    fixed = np.frombuffer(ids.buffers()[2], dtype=f"S{width}", count=len(ids), offset=int(offsets[0]))
-    _, first, codes = np.unique(fixed, return_index=True, return_inverse=True)  # stable: first = earliest row
-    return first[codes]
+    nibbles = _HEX[np.frombuffer(ids.buffers()[2], np.uint8, count=32 * len(ids), offset=int(offsets[0]))]
+    if (nibbles == 255).any():
+        return None
+    nibbles = nibbles.reshape(-1, 32)
+    return np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).view("V16").reshape(-1)
+
+
+def _first_copy(keys: np.ndarray) -> np.ndarray:
+    """For each row, the position of the first row with the same key."""
+    if keys.dtype == object:
+        first: dict[str, int] = {}
+        return np.array([first.setdefault(k, i) for i, k in enumerate(keys)], np.int64)
+    _, first_at, codes = np.unique(keys, return_index=True, return_inverse=True)  # stable: the earliest row
+    return first_at[codes]
 
 
 def _groups(pairs: dict[str, str]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from raysel.io import (
     arrow_batches,
     expand_input,
     fingerprint,
-    read_columns,
+    iter_parquet,
     read_corpus,
     write_parquet_stream,
 )
@@ -82,13 +82,17 @@ def _keep(batch: pa.Table, drop: pa.Array) -> pa.Table:
     return batch.filter(pc.and_(good, pc.invert(dup)))
 
 
-def _raise_first_reject(compact: pa.Table) -> None:
-    bad = compact.filter(pc.not_equal(compact[S.REJECT_REASON], ""))
-    if bad.num_rows:
-        src, why = bad[S.SOURCE][0].as_py(), bad[S.REJECT_REASON][0].as_py()
+def _raise_first_reject(summary: Path) -> None:
+    first, n_bad = None, 0
+    for t in iter_parquet(summary, [S.SOURCE, S.REJECT_REASON]):
+        bad = t.filter(pc.not_equal(t[S.REJECT_REASON], ""))
+        if bad.num_rows and first is None:
+            first = bad[S.SOURCE][0].as_py(), bad[S.REJECT_REASON][0].as_py()
+        n_bad += bad.num_rows
+    if first:
         raise InputError(
-            f"{src}: {why} (data.strict is on: fix the row, or drop --strict to set bad rows "
-            f"aside in rejected.jsonl; {bad.num_rows} bad rows in all)"
+            f"{first[0]}: {first[1]} (data.strict is on: fix the row, or drop --strict to set bad rows "
+            f"aside in rejected.jsonl; {n_bad} bad rows in all)"
         )
 
 
@@ -144,10 +148,10 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         ds = read_corpus(cfg.data, files).map_batches(_compact, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
         return write_parquet_stream(arrow_batches(ds), path, S.COMPACT_SCHEMA)
 
-    compact = read_columns(steps.run("ingest", data_key, ingest))
+    summary = steps.run("ingest", data_key, ingest)  # read batch by batch below: the driver holds no table of it
     if cfg.data.strict:
-        _raise_first_reject(compact)
-    exact = find_duplicates(compact)
+        _raise_first_reject(summary)
+    exact = find_duplicates(summary)
     dropped = {src: f"duplicate of {first}" for src, first in exact.items()} if cfg.data.dedupe else {}
     duplicates = {"exact": exact_report(exact, cfg.data.dedupe)}
 
@@ -156,7 +160,9 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         ds = read_corpus(cfg.data, files)
         return ds.map_batches(_keep, fn_kwargs={"drop": drop}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
 
-    parsed = pc.sum(pc.equal(compact[S.REJECT_REASON], "")).as_py() or 0
+    parsed = sum(
+        pc.sum(pc.equal(t[S.REJECT_REASON], "")).as_py() or 0 for t in iter_parquet(summary, [S.REJECT_REASON])
+    )
     if cfg.data.near_dup is not None and parsed > len(dropped):
         near, duplicates["near"] = near_duplicates(cfg, steps, rows, data_key | {"dropped": _dropped_key(dropped)})
         if cfg.data.near_dedupe:
@@ -166,13 +172,13 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         from raysel.iterit import run_iterit
 
         result = run_iterit(cfg, out, rows, key, steps.timings)
-        return _write(cfg, out, compact, dropped, result.scored, select, steps, cluster, rows,
+        return _write(cfg, out, summary, dropped, result.scored, select, steps, cluster, rows,
                       {"duplicates": duplicates, "iterit": result.section}, result.selection)  # fmt: skip
     if cfg.select.method == "iterselecttune":
         from raysel.iterselecttune import run_iterselecttune
 
         res = run_iterselecttune(cfg, out, rows, key, steps.timings)
-        return _write(cfg, out, compact, dropped, res.scored, select, steps, cluster, rows,
+        return _write(cfg, out, summary, dropped, res.scored, select, steps, cluster, rows,
                       {"duplicates": duplicates, "iterselecttune": res.section}, res.selection)  # fmt: skip
     score_cfg, extra = cfg.score, {}
     if cfg.pre_experience.enabled and parsed > len(dropped):
@@ -189,13 +195,12 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         def tables(done: pa.Array | None, offset: int):
             # The workers drop the text: only ids and scores reach the driver (outputs.write_texts reads
             # back the few rows whose text the outputs quote).
-            ds = apply(without(rows(), done), IfdScoreStage, score_cfg)
-            return arrow_batches(ds.select_columns(S.IFD_SCORES_SCHEMA.names))
+            return arrow_batches(apply(without(rows(), done), IfdScoreStage, score_cfg, S.IFD_SCORES_SCHEMA.names))
 
         return stream_in_parts(path, score_key, tables, S.IFD_SCORES_SCHEMA)
 
     scored = steps.run("score", score_key, score)
-    return _write(cfg, out, compact, dropped, scored, select, steps, cluster, rows, {"duplicates": duplicates, **extra})
+    return _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, {"duplicates": duplicates, **extra})
 
 
 def _peak_rss_mb() -> float:
@@ -204,12 +209,12 @@ def _peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def _write(cfg, out, compact, dropped, scored, select, steps, cluster, rows, extra, selection=None) -> RunResult:
+def _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, extra, selection=None) -> RunResult:
     """The run's final files, manifest.json (its presence means the run finished), then report.html."""
     from raysel import rundir
 
     start = time.perf_counter()
-    manifest = finish(cfg, out, compact, dropped, scored, select, rows, selection)
+    manifest = finish(cfg, out, summary, dropped, scored, select, rows, selection)
     steps.timings["write"] = round(time.perf_counter() - start, 3)
     manifest |= {**extra, "timings_s": steps.timings, "ray": cluster, "driver_peak_rss_mb": _peak_rss_mb()}
     manifest["tables"] = {"scored": Path(scored).relative_to(out).as_posix(), "texts": "steps/texts.parquet"}

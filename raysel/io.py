@@ -132,6 +132,10 @@ def read_corpus(cfg: DataConfig, files: list[str] | None = None) -> ray.data.Dat
     return ds.limit(cfg.limit) if cfg.limit else ds
 
 
+ROW_GROUP_ROWS = 65536
+"""Row groups of the files raysel writes: a reader decodes one at a time, so its memory stays bounded."""
+
+
 def write_parquet_stream(batches: Iterable[pa.Table], path: Path, empty_schema: pa.Schema | None = None) -> int:
     """Stream tables into one Parquet file (written to a temp name, renamed when complete); returns rows.
 
@@ -151,7 +155,7 @@ def write_parquet_stream(batches: Iterable[pa.Table], path: Path, empty_schema: 
                 writer = pq.ParquetWriter(tmp, table.schema)
             elif table.schema != writer.schema:  # e.g. a batch whose string column arrived as large_string
                 table = table.cast(writer.schema)
-            writer.write_table(table)
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             rows += table.num_rows
     finally:
         if writer is not None:
@@ -176,12 +180,15 @@ def with_positions(tables: Iterable[pa.Table], names: list[str], start: int = 0)
         offset += t.num_rows
 
 
-def iter_parquet(path: Path, columns: list[str] | None = None, batch_size: int = 4096) -> Iterator[pa.Table]:
+def iter_parquet(
+    path: Path, columns: list[str] | None = None, batch_size: int = 4096, dictionary: list[str] | None = None
+) -> Iterator[pa.Table]:
     """A Parquet file's rows in order, in record batches of bounded size, one row group read at a time.
 
     (pyarrow's threaded iter_batches reads row groups far ahead of the consumer: over a million-row file
-    of text that is the whole text in memory at once.)"""
-    with pq.ParquetFile(path) as f:
+    of text that is the whole text in memory at once.) `dictionary` columns (strings with few values, e.g.
+    a reason) come dictionary-encoded: a small integer per row instead of the string."""
+    with pq.ParquetFile(path, read_dictionary=dictionary) as f:
         if f.metadata.num_rows == 0:  # still one (empty) table, so callers see the columns
             yield f.schema_arrow.empty_table() if columns is None else f.read(columns=columns)
         for group in range(f.num_row_groups):
@@ -189,10 +196,10 @@ def iter_parquet(path: Path, columns: list[str] | None = None, batch_size: int =
                 yield pa.Table.from_batches([rb])
 
 
-def read_columns(path: Path, columns: list[str] | None = None) -> pa.Table:
+def read_columns(path: Path, columns: list[str] | None = None, dictionary: list[str] | None = None) -> pa.Table:
     """Columns of a Parquet file as one table, read row group by row group (pq.read_table's threaded
     reader costs several times the table's size in transient memory on a million-row file of text)."""
-    return pa.concat_tables(iter_parquet(path, columns=columns, batch_size=65536))
+    return pa.concat_tables(iter_parquet(path, columns=columns, batch_size=65536, dictionary=dictionary))
 
 
 def take_rows(path: Path, positions: np.ndarray, columns: list[str]) -> pa.Table:

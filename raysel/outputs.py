@@ -25,7 +25,6 @@ from raysel.io import (
     arrow_batches,
     iter_parquet,
     iter_rows_at,
-    read_columns,
     take_rows,
     write_jsonl,
     write_parquet_stream,
@@ -45,7 +44,7 @@ SCORE_COLUMNS = (
 def finish(
     cfg: RunConfig,
     out: Path,
-    compact: pa.Table,
+    summary: Path,
     dropped: dict[str, str],
     scored: Path,
     select: bool,
@@ -54,39 +53,36 @@ def finish(
 ) -> dict:
     """Select (when asked) and write the final files; returns the manifest (counts add up, or it raises).
 
-    `dropped` maps the source of each row left out before scoring (a duplicate) to the reason. `rows()` is
-    the dataset that was scored (row for row, in the order of `scored`): the quoted rows' text is read back
-    from it unless `scored` has the text. `selection` is the method's (IterIT's); by default the IFD top k
-    of `scored`.
+    `summary` is the ingest step's file (id, source, reject reason, raw record of the rejected rows); it and
+    `scored` are read batch by batch. `dropped` maps the source of each row left out before scoring (a
+    duplicate) to the reason. `rows()` is the dataset that was scored (row for row, in the order of
+    `scored`): the quoted rows' text is read back from it unless `scored` has the text. `selection` is the
+    method's (IterIT's); by default the IFD top k of `scored`.
     """
-    has_ifd = S.SCORE_IFD in pq.read_schema(scored).names  # IterSelectTune scores no IFD
-    table = read_columns(scored, [S.SCORE_IFD, S.REJECT_REASON] if has_ifd else [S.REJECT_REASON])
-    if has_ifd:
-        ifd = table[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64)
-    else:  # every row the method kept counts as scored unless it carries a reason
-        ifd = np.where(pc.equal(table[S.REJECT_REASON], "").to_numpy(zero_copy_only=False), 0.0, np.nan)
+    ifd, unscorable_rows, unscorable = _scores(scored)
     sel = selection or select_top_ifd(ifd, ratio=cfg.select.ratio, k=cfg.select.k)
     _write_scores(scored, out / "scores.parquet", sel if select else None)
     from raysel.report import example_positions
 
-    unscorable_rows = pc.not_equal(table[S.REJECT_REASON], "").to_numpy(zero_copy_only=False)
-    quoted = unscorable_rows | sel.selected if select else unscorable_rows.copy()
+    quoted = unscorable_rows | sel.selected if select else unscorable_rows
     quoted[example_positions(cfg.select.method, out / "scores.parquet")] = True
     texts = out / "steps" / "texts.parquet"
     write_texts(scored, rows, np.flatnonzero(quoted), texts)
+    del quoted
     if select:
         n_selected = write_jsonl(_selected_rows(scored, texts, sel.selected), out / "selected.jsonl")
     else:
         n_selected = 0
-    rejected = write_jsonl(_rejected_rows(compact, dropped, scored, texts, unscorable_rows), out / "rejected.jsonl")
-    reasons = Counter(r.split(":", 1)[0] for r in _nonempty(compact[S.REJECT_REASON]))
-    unscorable = Counter(r.split(":", 1)[0] for r in _nonempty(table[S.REJECT_REASON]))
+    rejected = write_jsonl(_rejected_rows(summary, dropped, scored, texts, unscorable_rows), out / "rejected.jsonl")
+    reasons: Counter = Counter()
+    for t in iter_parquet(summary, columns=[S.REJECT_REASON]):
+        reasons.update(r.split(":", 1)[0] for r in _nonempty(t[S.REJECT_REASON]))
     counts = {
-        "read": compact.num_rows,
+        "read": pq.ParquetFile(summary).metadata.num_rows,
         "rejected_input": sum(reasons.values()),
         "duplicates": sum(not r.startswith("near_") for r in dropped.values()),
         "near_duplicates": sum(r.startswith("near_") for r in dropped.values()),
-        "to_score": table.num_rows,
+        "to_score": len(ifd),
         "unscorable": sum(unscorable.values()),
         "scored": int(np.isfinite(ifd).sum()),
         "ifd_above_1": int((sel.reason == IFD_ABOVE_1).sum()),
@@ -105,6 +101,24 @@ def finish(
         "rejected_by_reason": dict(reasons + unscorable + Counter(r.split(" of ", 1)[0] for r in dropped.values())),
         "outputs": sorted({p.name for p in out.iterdir() if p.is_file()} | {"manifest.json"}),
     }
+
+
+def _scores(scored: Path) -> tuple[np.ndarray, np.ndarray, Counter]:
+    """Each scored row's IFD (float32 as stored; NaN when unscored), whether the scorer set it aside, and the
+    reasons.
+
+    IterSelectTune scores no IFD: every row it kept counts as scored (0.0) unless it carries a reason."""
+    has_ifd = S.SCORE_IFD in pq.read_schema(scored).names
+    ifd, aside, reasons = [], [], Counter()
+    for t in iter_parquet(scored, columns=[S.SCORE_IFD, S.REJECT_REASON] if has_ifd else [S.REJECT_REASON]):
+        bad = pc.not_equal(t[S.REJECT_REASON], "").to_numpy(zero_copy_only=False)
+        aside.append(bad)
+        reasons.update(r.split(":", 1)[0] for r in _nonempty(t[S.REJECT_REASON]))
+        if has_ifd:
+            ifd.append(t[S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float32, copy=False))
+        else:
+            ifd.append(np.where(bad, np.float32(np.nan), np.float32(0.0)))
+    return np.concatenate(ifd), np.concatenate(aside).astype(bool), reasons
 
 
 def _nonempty(reasons: pa.ChunkedArray) -> list[str]:
@@ -205,22 +219,16 @@ def _selected_rows(scored: Path, texts: Path, selected: np.ndarray) -> Iterator[
 
 
 def _rejected_rows(
-    compact: pa.Table, dropped: dict[str, str], scored: Path, texts: Path, unscorable: np.ndarray
+    summary: Path, dropped: dict[str, str], scored: Path, texts: Path, unscorable: np.ndarray
 ) -> Iterator[dict[str, Any]]:
     """Every row set aside: bad input, later copies of duplicates, rows the model could not score."""
-    set_aside = pc.or_(
-        pc.not_equal(compact[S.REJECT_REASON], ""),
-        pc.is_in(compact[S.SOURCE], value_set=pa.array(list(dropped), pa.string())),
-    )
-    for row in compact.filter(set_aside).to_pylist():  # only the rows set aside reach Python objects
-        if row[S.REJECT_REASON]:
-            yield {
-                "stage": "input",
-                S.SOURCE: row[S.SOURCE],
-                "reason": row[S.REJECT_REASON],
-                S.RAW: row[S.RAW],
-            }
-        elif row[S.SOURCE] in dropped:
-            yield {"stage": "dedupe", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": dropped[row[S.SOURCE]]}
+    drop = pa.array(list(dropped), pa.string())
+    for t in iter_parquet(summary, columns=[S.ID, S.SOURCE, S.REJECT_REASON, S.RAW]):
+        set_aside = pc.or_(pc.not_equal(t[S.REJECT_REASON], ""), pc.is_in(t[S.SOURCE], value_set=drop))
+        for row in t.filter(set_aside).to_pylist():  # only the rows set aside reach Python objects
+            if row[S.REJECT_REASON]:
+                yield {"stage": "input", S.SOURCE: row[S.SOURCE], "reason": row[S.REJECT_REASON], S.RAW: row[S.RAW]}
+            else:
+                yield {"stage": "dedupe", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": dropped[row[S.SOURCE]]}
     for row, raw in _join_raw(scored, texts, unscorable, [S.ID, S.SOURCE, S.REJECT_REASON]):
         yield {"stage": "score", S.SOURCE: row[S.SOURCE], S.ID: row[S.ID], "reason": row[S.REJECT_REASON], S.RAW: raw}

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from raysel import __version__
 from raysel import schema as S
-from raysel.io import iter_parquet, read_columns
+from raysel.io import iter_parquet, read_columns, take_rows
 
 PLOTTED = (
     S.SCORE_IFD, S.SCORE_IFD_PPL, S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_CLASSIFIER, S.SCORE_SIMILARITY, S.SCORE_IST,
@@ -66,12 +66,13 @@ def write_report(run_dir: Path) -> Path:
 
 
 def _read_scores(path: Path) -> pa.Table:
-    """The id, numeric score and selection columns of scores.parquet (never its text)."""
+    """The numeric score and selection columns of scores.parquet: no text, no ids (those of the rows shown
+    are read by position), the select reason dictionary-encoded."""
     if not path.is_file():
-        return pa.table({S.ID: pa.array([], pa.string())})
+        return pa.table({S.SELECTED: pa.array([], pa.bool_())})
     names = pq.read_schema(path).names
-    wanted = [S.ID, *PLOTTED, S.SELECTED, S.SELECT_REASON, S.RANK_IFD, S.CLUSTER]
-    return read_columns(path, [c for c in wanted if c in names])
+    wanted = [c for c in (*PLOTTED, S.SELECTED, S.SELECT_REASON, S.RANK_IFD, S.CLUSTER) if c in names]
+    return read_columns(path, wanted or [names[0]], dictionary=[S.SELECT_REASON] if S.SELECT_REASON in names else None)
 
 
 def _floats(table: pa.Table, name: str) -> np.ndarray:
@@ -283,7 +284,8 @@ def _clusters(run_dir: Path, scores: pa.Table) -> np.ndarray | None:
     if not path.is_file() or not scores.num_rows:
         return None
     table = read_columns(path, [S.ID, S.CLUSTER])
-    at = pc.index_in(scores[S.ID], value_set=table[S.ID]).fill_null(-1).to_numpy(zero_copy_only=False)
+    ids = read_columns(run_dir / "scores.parquet", [S.ID])[S.ID]
+    at = pc.index_in(ids, value_set=table[S.ID]).fill_null(-1).to_numpy(zero_copy_only=False)
     labels = table[S.CLUSTER].to_numpy(zero_copy_only=False).astype(np.int64)
     return np.where(at >= 0, labels[np.maximum(at, 0)], -1)
 
@@ -369,8 +371,11 @@ def example_rows(method: str, scores: pa.Table) -> tuple[str, np.ndarray, np.nda
 
 
 def example_positions(method: str, scores_path: Path) -> np.ndarray:
-    """Sorted positions of the rows the report quotes, from scores.parquet (empty when none is scored)."""
-    picked = example_rows(method, _read_scores(scores_path))
+    """Sorted positions of the rows the report quotes, from scores.parquet (empty when none is scored);
+    reads only the column(s) the method ranks by."""
+    names = pq.read_schema(scores_path).names
+    wanted = [c for c in (S.SCORE_IFD, S.SCORE_IFD_PPL, S.SCORE_IST, S.RANK_IFD) if c in names]
+    picked = example_rows(method, read_columns(scores_path, wanted))
     return np.unique(np.concatenate(picked[2:])) if picked else np.zeros(0, np.int64)
 
 
@@ -380,18 +385,22 @@ def _examples(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
     if picked is None:
         return head + _note("no rows scored")
     name, values, top, bottom = picked
-    ids = scores[S.ID].take(pa.array(np.concatenate([top, bottom]))).to_pylist()  # at most 20 Python strings
-    texts = texts_of(run_dir, manifest, ids)
+    shown = np.unique(np.concatenate([top, bottom]))
+    at = dict(zip(shown.tolist(), take_rows(run_dir / "scores.parquet", shown, [S.ID])[S.ID].to_pylist(), strict=True))
+    texts = texts_of(run_dir, manifest, list(at.values()))  # at most 20 rows
     if not texts:
         head += _note("the text of scored rows is not in this run directory")
-    tables = [_example_table(scores, rows, name, values, texts) for rows in (top, bottom)]
+    tables = [
+        _example_table(scores, rows, [at[i] for i in rows.tolist()], name, values, texts) for rows in (top, bottom)
+    ]
     high, low = ("best", "worst") if name == "rank" else ("highest", "lowest")
     return head + f"<h3>{len(top)} {high} {_e(name)}</h3>{tables[0]}<h3>{len(bottom)} {low} {_e(name)}</h3>{tables[1]}"
 
 
-def _example_table(scores: pa.Table, rows: np.ndarray, name: str, values: np.ndarray, texts: dict) -> str:
+def _example_table(
+    scores: pa.Table, rows: np.ndarray, ids: list[str], name: str, values: np.ndarray, texts: dict
+) -> str:
     picked = scores.take(pa.array(rows))
-    ids = picked[S.ID].to_pylist()
     reasons = picked[S.SELECT_REASON].to_pylist() if S.SELECT_REASON in picked.column_names else [""] * len(rows)
     shown = -values[rows] if name == "rank" else values[rows]
     out = [

@@ -30,7 +30,9 @@ def select_top_ifd(ifd: np.ndarray, *, ratio: float | None = None, k: int | None
     k = int(ratio x passed) as data_by_IFD.py counts it, or an absolute k (capped at passed). Ties are
     broken by input position (earlier first), so the result is a pure function of the scores.
     """
-    ifd = np.asarray(ifd, dtype=np.float64)
+    ifd = np.asarray(ifd)
+    if ifd.dtype != np.float32:  # float32 scores (as scored and stored) are ranked as they are: no copy
+        ifd = ifd.astype(np.float64, copy=False)
     n = len(ifd)
     finite = np.isfinite(ifd)
     ok = finite & (ifd <= 1.0)
@@ -39,7 +41,8 @@ def select_top_ifd(ifd: np.ndarray, *, ratio: float | None = None, k: int | None
         k = int(passed * (0.1 if ratio is None else ratio))
     k = min(k, passed)
     pool = np.flatnonzero(ok)
-    order = pool[np.lexsort((pool, -ifd[pool]))]  # IFD descending, then position ascending
+    order = pool[np.argsort(-ifd[pool], kind="stable")]  # IFD descending; stable: then position ascending
+    del pool
     rank = np.zeros(n, dtype=np.int64)
     rank[order] = np.arange(1, passed + 1)
     selected = np.zeros(n, dtype=bool)

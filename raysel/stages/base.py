@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -54,8 +55,13 @@ class MissingColumnsError(ValueError):
     """The dataset lacks columns a stage requires."""
 
 
-def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Dataset:
-    """Add `stage_cls`'s columns to every row of `ds`, in an actor pool sized by `stage_cls.spec(cfg)`."""
+def apply(
+    ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any, keep: Sequence[str] | None = None
+) -> ray.data.Dataset:
+    """Add `stage_cls`'s columns to every row of `ds`, in an actor pool sized by `stage_cls.spec(cfg)`.
+
+    With `keep`, the actors return only those columns: the rest (e.g. the corpus text) never leaves them,
+    and no extra task is needed to drop it."""
     import ray.data
 
     schema = ds.schema(fetch_if_missing=False)  # checked when known without running the pipeline
@@ -76,7 +82,7 @@ def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Da
         node = ray.get_runtime_context().get_node_id()
         extra["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
     return ds.map_batches(
-        stage_cls,
+        stage_cls if keep is None else _keeping(stage_cls, tuple(keep)),
         fn_constructor_kwargs={"cfg": cfg},
         compute=ray.data.ActorPoolStrategy(size=spec.concurrency),
         batch_size=spec.batch_size,
@@ -85,6 +91,16 @@ def apply(ds: ray.data.Dataset, stage_cls: type[Stage], cfg: Any) -> ray.data.Da
         num_gpus=spec.num_gpus,
         **extra,
     )
+
+
+def _keeping(stage_cls: type[Stage], keep: tuple[str, ...]) -> type[Stage]:
+    """`stage_cls` whose batches come out cut to the `keep` columns (same name in Ray Data's progress)."""
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = stage_cls.__call__(self, batch)
+        return {name: out[name] for name in keep}
+
+    return type(stage_cls.__name__, (stage_cls,), {"__call__": __call__})
 
 
 def _warn_if_no_room(name: str, spec: StageSpec) -> None:

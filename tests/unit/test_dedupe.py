@@ -1,21 +1,30 @@
 """Exact-duplicate search over the ingest summary (driver side, Arrow/NumPy)."""
 
+from pathlib import Path
+
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
 from raysel import schema as S
 from raysel.dedupe import find_duplicates
 from raysel.schema import row_id
 
 
-def _ingest(ids: list[str], reasons: list[str] | None = None, chunks: int = 1) -> pa.Table:
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def _ingest(ids: list[str], reasons: list[str] | None = None, chunks: int = 1) -> Path:
     n = len(ids)
     reasons = reasons or [""] * n
     cols = {S.ID: ids, S.SOURCE: [f"f.jsonl:{i + 1}" for i in range(n)], S.REJECT_REASON: reasons, S.RAW: [""] * n}
     table = pa.table(cols, schema=S.COMPACT_SCHEMA)
     step = max(1, -(-n // chunks))
-    if n == 0:
-        return table
-    return pa.Table.from_batches([b for i in range(0, n, step) for b in table.slice(i, step).to_batches()])
+    path = Path(f"ingest_{len(list(Path().glob('*.parquet')))}.parquet")
+    pq.write_table(table, path, row_group_size=step)  # several row groups: read batch by batch
+    return path
 
 
 def test_content_ids_later_copies_point_at_the_first():
@@ -31,9 +40,12 @@ def test_rejected_rows_are_never_copies_and_never_firsts():
     assert got == {"f.jsonl:4": "f.jsonl:2"}
 
 
-def test_ids_of_varying_width_take_the_dictionary_path():
+def test_ids_that_are_not_content_ids_are_compared_as_text():
     got = find_duplicates(_ingest(["x", "yy", "x", "zzz", "yy", "x"], chunks=2))
     assert got == {"f.jsonl:3": "f.jsonl:1", "f.jsonl:5": "f.jsonl:2", "f.jsonl:6": "f.jsonl:1"}
+    a = row_id("q", "", "a")  # 32 hex digits in one row group, not in the next: all compared as text
+    got = find_duplicates(_ingest([a, "x", a.upper(), a, "x"], chunks=2))
+    assert got == {"f.jsonl:4": "f.jsonl:1", "f.jsonl:5": "f.jsonl:2"}
 
 
 def test_no_duplicates_and_no_rows():
