@@ -64,7 +64,7 @@ def finish(
     _write_scores(scored, out / "scores.parquet", sel if select else None)
     from raysel.report import example_positions
 
-    quoted = unscorable_rows | sel.selected if select else unscorable_rows
+    quoted = unscorable_rows | sel.selected if select else unscorable_rows.copy()  # a new array: marked below
     quoted[example_positions(cfg.select.method, out / "scores.parquet")] = True
     texts = out / "steps" / "texts.parquet"
     write_texts(scored, rows, np.flatnonzero(quoted), texts)
