@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from raysel import schema as S
 from raysel.config import RunConfig
@@ -114,8 +113,10 @@ def near_duplicates(
     ekey = key | {"embed": cfg.embed}
     emb = steps.run("embed", ekey, lambda p: embed_rows(rows(), cfg.embed, p, ekey))
     reps = near_duplicate_groups(read_vectors(emb), threshold, seed=cfg.seed)
-    sources = pq.read_table(emb, columns=[S.SOURCE])[S.SOURCE].to_pylist()
-    pairs = {sources[i]: sources[r] for i, r in enumerate(reps) if r != i}
+    later = np.flatnonzero(reps != np.arange(len(reps)))
+    wanted = np.unique(np.concatenate([later, reps[later]]))  # only these rows' sources become Python strings
+    at = dict(zip(wanted.tolist(), take_rows(emb, wanted, [S.SOURCE])[S.SOURCE].to_pylist(), strict=True))
+    pairs = {at[i]: at[r] for i, r in zip(later.tolist(), reps[later].tolist(), strict=True)}
     near = {src: f"near_duplicate of {first} (cosine >= {threshold})" for src, first in pairs.items()}
     report = _groups(pairs) | {
         "largest": group_summary(reps)["largest"],

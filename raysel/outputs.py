@@ -78,7 +78,7 @@ def finish(
     for t in iter_parquet(summary, columns=[S.REJECT_REASON]):
         reasons.update(r.split(":", 1)[0] for r in _nonempty(t[S.REJECT_REASON]))
     counts = {
-        "read": pq.ParquetFile(summary).metadata.num_rows,
+        "read": pq.read_metadata(summary).num_rows,
         "rejected_input": sum(reasons.values()),
         "duplicates": sum(not r.startswith("near_") for r in dropped.values()),
         "near_duplicates": sum(r.startswith("near_") for r in dropped.values()),
@@ -170,16 +170,24 @@ def write_texts(scored: Path, rows: Callable[[], ray.data.Dataset], positions: n
         return write_parquet_stream([], path, S.TEXTS_SCHEMA)
     if set(columns) <= set(pq.read_schema(scored).names):
         return write_parquet_stream(with_positions(iter_rows_at(scored, positions, columns)), path, S.TEXTS_SCHEMA)
-    wanted = take_rows(scored, positions, [S.SOURCE])[S.SOURCE].combine_chunks()
+    keys = take_rows(scored, positions, [S.SOURCE, S.ID])
+    wanted, ids = keys[S.SOURCE].combine_chunks(), keys[S.ID].combine_chunks()
     ds = rows().map_batches(_pick, fn_kwargs={"wanted": wanted}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
 
     def checked(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-        """The rows come back in scored order: each must be the one at its position."""
+        """The rows come back in scored order, and each must be the row scored at its position: same source
+        and same content id (a file edited in place during the run would give other text)."""
         done = 0
         for t in tables:
-            expect = wanted.slice(done, t.num_rows)
-            if t.num_rows and not pc.all(pc.equal(t[S.SOURCE].combine_chunks(), expect)).as_py():
-                raise RuntimeError(f"texts of scored rows came back out of order near row {done} (a raysel bug)")
+            if done + t.num_rows > len(wanted):
+                raise RuntimeError(f"more quoted rows came back than the {len(wanted)} asked for (a raysel bug)")
+            same = pc.and_(pc.equal(t[S.SOURCE].combine_chunks(), wanted.slice(done, t.num_rows)),
+                           pc.equal(t[S.ID].combine_chunks(), ids.slice(done, t.num_rows)))  # fmt: skip
+            if t.num_rows and not pc.all(same).as_py():
+                raise RuntimeError(
+                    f"the corpus row at scored position {positions[done]} is not the row that was scored: the "
+                    "input changed during the run (rerun with --overwrite), or a raysel bug"
+                )
             done += t.num_rows
             yield t
         if done != len(wanted):

@@ -155,7 +155,10 @@ def test_bad_input_is_counted_and_reported_never_lost(ray_local, tmp_path: Path)
     texts = pq.read_table(out / "steps" / "texts.parquet").to_pandas().set_index("source")
     assert len(texts) == c["scored"] and list(texts.position) == list(range(c["scored"]))
     assert texts.loc[f"{tmp_path}/corpus/a.jsonl:11"].output == "word " * 200_000
-    assert {texts.loc[f"{tmp_path}/corpus/{f}"].instruction for f in ("b.parquet:1", "c.json:1")} == {"From parquet.", "Hi"}
+    assert {texts.loc[f"{tmp_path}/corpus/{f}"].instruction for f in ("b.parquet:1", "c.json:1")} == {
+        "From parquet.",
+        "Hi",
+    }
 
 
 def test_strict_mode_stops_with_file_line_and_field(ray_local, tmp_path: Path, capsys) -> None:
@@ -217,3 +220,30 @@ def test_corpus_with_nothing_to_score_still_reports(ray_local, tmp_path: Path, c
     assert c["read"] == c["rejected_total"] == n_lines and c["scored"] == c["selected"] == 0
     assert pq.read_table(out / "scores.parquet").num_rows == 0
     assert len((out / "rejected.jsonl").read_text().splitlines()) == n_lines
+
+
+def test_quoted_text_is_the_text_that_was_scored(ray_local, tmp_path: Path) -> None:
+    """steps/texts.parquet comes from a second read of the corpus: each row must be the one scored at its
+    position (same source and content id), else the run stops instead of pairing scores with other text."""
+    import pyarrow as pa
+    import ray.data
+
+    from raysel.outputs import write_texts
+
+    ids, sources = [c * 32 for c in "abc"], ["f.jsonl:1", "f.jsonl:2", "f.jsonl:3"]
+    scored = tmp_path / "scored.parquet"
+    pq.write_table(pa.table({S.ID: ids, S.SOURCE: sources, S.REJECT_REASON: [""] * 3}), scored)
+
+    def corpus(row_ids: list[str]):
+        cols = {S.ID: row_ids, S.SOURCE: sources, S.INSTRUCTION: ["q1", "q2", "q3"], S.INPUT: [""] * 3,
+                S.OUTPUT: ["a1", "a2", "a3"], S.RAW: ['{"n": 1}', '{"n": 2}', '{"n": 3}']}  # fmt: skip
+        return lambda: ray.data.from_arrow(pa.table(cols))
+
+    assert write_texts(scored, corpus(ids), np.array([0, 2]), tmp_path / "texts.parquet") == 2
+    texts = pq.read_table(tmp_path / "texts.parquet").to_pylist()
+    assert [(t["position"], t["id"], t["instruction"], t["raw"]) for t in texts] == [
+        (0, ids[0], "q1", '{"n": 1}'), (2, ids[2], "q3", '{"n": 3}')]  # fmt: skip
+    edited = [ids[0], ids[1], "d" * 32]  # line 3 rewritten in place after it was scored
+    with pytest.raises(RuntimeError, match="input changed during the run"):
+        write_texts(scored, corpus(edited), np.array([0, 2]), tmp_path / "texts2.parquet")
+    assert not (tmp_path / "texts2.parquet").exists()
