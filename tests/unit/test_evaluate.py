@@ -8,27 +8,35 @@ from pathlib import Path
 import pytest
 
 from raysel.evaluate.testsets import NAMES, read_testset, read_testsets
-from raysel.evaluate.winning import LOSE, TIE, WIN, combine, order_outcome, per_testset, tally
+from raysel.evaluate.winning import LOSE, TIE, UNJUDGED, WIN, per_testset, tally, verdict_for_a
+from raysel.judge import OrderResult, combine
 from raysel.readers import InputError
+
+
+def _order(a: float, b: float, a_first: bool) -> OrderResult:
+    """One judging order's scores (Assistant 1, Assistant 2) for answers scored a (model A) and b (model B)."""
+    return OrderResult(scores=(a, b) if a_first else (b, a))
 
 
 @pytest.mark.parametrize(
     ("forward", "reverse", "verdict"),
-    [  # the nine cases of the IFD authors' review_eval_score.py, from model A's side
-        (1, 1, WIN), (0, 1, WIN), (1, 0, WIN),
-        (-1, 1, TIE), (1, -1, TIE), (0, 0, TIE),
-        (0, -1, LOSE), (-1, 0, LOSE), (-1, -1, LOSE),
+    [  # the nine cases of the IFD authors' review_eval_score.py: each order's judge scores (A, B)
+        ((8, 6), (7, 5), WIN), ((6, 6), (8, 5), WIN), ((9, 4), (7, 7), WIN),
+        ((3, 6), (8, 5), TIE), ((8, 6), (5, 7), TIE), ((7, 7), (6, 6), TIE),
+        ((7, 7), (5, 8), LOSE), ((4, 9), (6, 6), LOSE), ((2, 6), (5, 7), LOSE),
     ],
 )  # fmt: skip
-def test_two_orders_combine_as_the_authors_count_them(forward: int, reverse: int, verdict: str) -> None:
-    assert combine(forward, reverse) == verdict
+def test_two_orders_combine_as_the_authors_count_them(forward, reverse, verdict: str) -> None:
+    # model A's answer goes first in the forward order (the judge's "reference" slot), second in the reverse
+    row = combine(_order(*forward, a_first=True), _order(*reverse, a_first=False))
+    assert verdict_for_a(row) == verdict
 
 
-def test_order_outcome_from_judge_scores() -> None:
-    # scores are (A, B) as the judge gave them in that order; the reverse order is already mapped back to A
-    assert [order_outcome(8, 6), order_outcome(7, 7), order_outcome(5.5, 9)] == [1, 0, -1]
-    with pytest.raises(ValueError, match="outcome"):
-        combine(2, 0)
+def test_unparsed_replies_are_unjudged_never_ties() -> None:
+    row = combine(OrderResult(scores=None, reply="no scores here"), _order(8, 6, a_first=False))
+    assert verdict_for_a(row) == UNJUDGED
+    t = tally([WIN, WIN, LOSE, UNJUDGED])
+    assert (t.total, t.unjudged, t.winning_score) == (3, 1, pytest.approx(4 / 3))
 
 
 def test_winning_score_by_hand() -> None:
@@ -47,7 +55,8 @@ def test_all_pools_every_prompt_not_the_mean_of_scores() -> None:
     # pooled: (2 - 1) / 10 + 1 = 1.1, not the mean of 2.0 and 0.875 (1.4375)
     out = per_testset({"vicuna": [WIN, WIN], "koala": [LOSE] + [TIE] * 7})
     assert out["vicuna"].winning_score == 2.0 and out["koala"].winning_score == pytest.approx(0.875)
-    assert out["all"].to_dict() == {"win": 2, "tie": 7, "lose": 1, "total": 10, "winning_score": pytest.approx(1.1)}
+    want = {"win": 2, "tie": 7, "lose": 1, "total": 10, "unjudged": 0, "winning_score": pytest.approx(1.1)}
+    assert out["all"].to_dict() == want
 
 
 def test_the_five_shared_test_sets(shared_data: Path) -> None:
