@@ -65,3 +65,21 @@ def per_testset(verdicts: Mapping[str, Iterable[str]]) -> dict[str, Tally]:
     out = {name: tally(v) for name, v in verdicts.items()}
     out["all"] = Tally(*(sum(getattr(t, f) for t in out.values()) for f in (WIN, TIE, LOSE, UNJUDGED)))
     return out
+
+
+def results_table(pairs: Mapping[str, Mapping[str, Tally]], heldout_loss: Mapping[str, float] | None = None) -> str:
+    """Markdown: one row per comparison ("sel vs full") and test set, the pooled "all" last; then the
+    held-out loss of each fine-tuned model when given."""
+    lines = [
+        "| comparison | test set | win | tie | lose | unjudged | winning score |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for pair, sets in pairs.items():
+        for name in [*(n for n in sets if n != "all"), *(["all"] if "all" in sets else [])]:
+            t = sets[name]
+            shown = "all (pooled)" if name == "all" else name
+            lines.append(f"| {pair} | {shown} | {t.win} | {t.tie} | {t.lose} | {t.unjudged} | {t.winning_score:.3f} |")
+    if heldout_loss:
+        lines += ["", "| model | held-out loss |", "|---|---:|"]
+        lines += [f"| {name} | {loss:.4f} |" for name, loss in heldout_loss.items()]
+    return "\n".join(lines) + "\n"

@@ -89,3 +89,15 @@ def test_bad_records_name_file_line_and_field(tmp_path: Path) -> None:
         read_testset(tmp_path / "mystery.jsonl")
     with pytest.raises(InputError, match="test set 'lima' not found"):
         read_testsets(tmp_path, ["lima"])
+
+
+def test_results_table_by_hand() -> None:
+    from raysel.evaluate.winning import results_table
+
+    sets = per_testset({"vicuna": [WIN, WIN, TIE], "koala": [LOSE, UNJUDGED]})
+    text = results_table({"sel vs full": sets}, {"sel": 1.23456, "full": 1.5})
+    rows = text.splitlines()
+    assert rows[2] == "| sel vs full | vicuna | 2 | 1 | 0 | 0 | 1.667 |"
+    assert rows[3] == "| sel vs full | koala | 0 | 0 | 1 | 1 | 0.000 |"
+    assert rows[4] == "| sel vs full | all (pooled) | 2 | 1 | 1 | 1 | 1.250 |"  # (2 - 1) / 4 + 1
+    assert rows[-2:] == ["| sel | 1.2346 |", "| full | 1.5000 |"]
