@@ -111,7 +111,7 @@ def near_duplicates(
 
     threshold = cfg.data.near_dup
     ekey = key | {"embed": cfg.embed}
-    emb = steps.run("embed", ekey, lambda p: embed_rows(rows(), cfg.embed, p, ekey))
+    emb = steps.run("embed", ekey, lambda p: embed_rows(rows(), cfg.embed, p, ekey, cfg.checkpoint_rows))
     reps = near_duplicate_groups(read_vectors(emb), threshold, seed=cfg.seed)
     later = np.flatnonzero(reps != np.arange(len(reps)))
     wanted = np.unique(np.concatenate([later, reps[later]]))  # only these rows' sources become Python strings

@@ -127,7 +127,6 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
     An existing run directory with another config is refused unless `resume` or `overwrite` (raysel.rundir).
     """
     from raysel import rundir
-    from raysel import steps as steps_mod
     from raysel.stages.base import apply
     from raysel.stages.score import IfdScoreStage
 
@@ -136,7 +135,6 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
     out = rd.local
     for stale in ("manifest.json", "selected.jsonl", "report.html"):  # an earlier run's must not pass for this one's
         (out / stale).unlink(missing_ok=True)
-    steps_mod.PART_ROWS = cfg.checkpoint_rows
     cluster = _init_ray()
     steps = Steps(out)
     # The near-duplicate settings change which rows are dropped (in the "dropped" part of later keys), not
@@ -197,7 +195,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
             # back the few rows whose text the outputs quote).
             return arrow_batches(apply(without(rows(), done), IfdScoreStage, score_cfg, S.IFD_SCORES_SCHEMA.names))
 
-        return stream_in_parts(path, score_key, tables, S.IFD_SCORES_SCHEMA)
+        return stream_in_parts(path, score_key, tables, S.IFD_SCORES_SCHEMA, part_rows=cfg.checkpoint_rows)
 
     scored = steps.run("score", score_key, score)
     return _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, {"duplicates": duplicates, **extra})

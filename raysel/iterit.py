@@ -111,7 +111,7 @@ def run_iterit(
             scored = apply(without(rows(), done), IfdScoreStage, score_cfg)
             return with_positions(arrow_batches(scored), S.SCORED_SCHEMA.names, start=offset)
 
-        return stream_in_parts(path, key, tables, ALL_SCHEMA)
+        return stream_in_parts(path, key, tables, ALL_SCHEMA, part_rows=cfg.checkpoint_rows)
 
     every = Steps(out, out / "round_0", timings).run("score", key, score_all)
     base = pq.read_table(every, columns=[S.SCORE_IFD_PPL])

@@ -160,7 +160,9 @@ def run_iterselecttune(
     def embed(path: Path) -> int:
         import ray.data
 
-        return embed_rows(ray.data.read_parquet(str(rows_path), num_cpus=LIGHT_CPUS), cfg.embed, path, key)
+        return embed_rows(
+            ray.data.read_parquet(str(rows_path), num_cpus=LIGHT_CPUS), cfg.embed, path, key, cfg.checkpoint_rows
+        )
 
     key = key | {"embed": cfg.embed}
     vectors = read_vectors(base.run("ist_embed", key, embed))

@@ -54,7 +54,7 @@ def pre_experience(
 
     pe, ecfg = cfg.pre_experience, embed_config(cfg)
     key = key | {"embed": ecfg}
-    emb = steps.run("pre_embed", key, lambda p: embed_rows(rows(), ecfg, p, key))
+    emb = steps.run("pre_embed", key, lambda p: embed_rows(rows(), ecfg, p, key, cfg.checkpoint_rows))
     n = pq.read_metadata(emb).num_rows
     if n == 0:
         raise ValueError("pre-experience needs rows to learn from, and none are left to score")

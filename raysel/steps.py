@@ -57,10 +57,9 @@ class Steps:
         return json.dumps(key, sort_keys=True, default=str)
 
 
-PART_ROWS = 10_000
-"""A long map step writes a part file every this many rows (config `checkpoint_rows`)..."""
 PART_SECONDS = 120.0
-"""...or this often, whichever comes first: a killed run loses at most that much of the step's work."""
+"""A long map step writes a part every `part_rows` rows (config `checkpoint_rows`) or this often, whichever
+comes first: a killed run loses at most that much of the step's work."""
 
 
 def stream_in_parts(
@@ -68,7 +67,8 @@ def stream_in_parts(
     key: dict[str, Any],
     tables: Callable[[pa.Array | None, int], Iterable[pa.Table]],
     schema: pa.Schema,
-    part_rows: int | None = None,
+    *,
+    part_rows: int,
 ) -> int:
     """Write a row-wise map step into `path` through resumable parts; returns its row count.
 
@@ -94,7 +94,7 @@ def stream_in_parts(
         print(f"[raysel] {path.name}: resuming after {offset} rows in {len(done)} parts", flush=True)
     buf: list[pa.Table] = []
     start = last = time.monotonic()
-    part_rows, written = part_rows or PART_ROWS, 0
+    written = 0
 
     def flush() -> None:
         nonlocal last, written
@@ -134,7 +134,9 @@ def _fixed_list(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
 
 
-def embed_rows(ds: ray.data.Dataset, cfg: EmbedConfig, path: Path, key: dict[str, Any] | None = None) -> int:
+def embed_rows(
+    ds: ray.data.Dataset, cfg: EmbedConfig, path: Path, key: dict[str, Any] | None = None, part_rows: int = 10_000
+) -> int:
     """Embed every row of `ds` in an actor pool and stream id, source, vector, ppl into `path` (float32).
 
     With the step's `key`, the step resumes from its parts (see stream_in_parts)."""
@@ -151,7 +153,7 @@ def embed_rows(ds: ray.data.Dataset, cfg: EmbedConfig, path: Path, key: dict[str
             )  # fmt: skip
 
     if key is not None:
-        return stream_in_parts(path, key, tables, S.embedding_schema(1))
+        return stream_in_parts(path, key, tables, S.embedding_schema(1), part_rows=part_rows)
     return write_parquet_stream(tables(), path, S.embedding_schema(1))
 
 
