@@ -36,11 +36,15 @@ def find_duplicates(ingest: Path) -> dict[str, str]:
     first = _first_copy(keys)
     del keys
     later = np.flatnonzero(first != np.arange(len(first)))
-    dup, orig = rows_all[later], rows_all[first[later]]
-    wanted = np.unique(np.concatenate([dup, orig]))
-    names = take_rows(ingest, wanted, [S.SOURCE])[S.SOURCE].to_pylist()
-    at = dict(zip(wanted.tolist(), names, strict=True))
-    return {at[d]: at[o] for d, o in zip(dup.tolist(), orig.tolist(), strict=True)}
+    return _source_pairs(ingest, rows_all[later], rows_all[first[later]])
+
+
+def _source_pairs(path: Path, later: np.ndarray, first: np.ndarray) -> dict[str, str]:
+    """source of the row at each `later` position -> source of the row at the matching `first` position,
+    read from `path`'s source column for those rows only (the only sources that become Python strings)."""
+    wanted = np.unique(np.concatenate([later, first]))
+    at = dict(zip(wanted.tolist(), take_rows(path, wanted, [S.SOURCE])[S.SOURCE].to_pylist(), strict=True))
+    return {at[d]: at[o] for d, o in zip(later.tolist(), first.tolist(), strict=True)}
 
 
 _HEX = np.full(256, 255, np.uint8)
@@ -114,9 +118,7 @@ def near_duplicates(
     emb = steps.run("embed", ekey, lambda p: embed_rows(rows(), cfg.embed, p, ekey, cfg.checkpoint_rows))
     reps = near_duplicate_groups(read_vectors(emb), threshold, seed=cfg.seed)
     later = np.flatnonzero(reps != np.arange(len(reps)))
-    wanted = np.unique(np.concatenate([later, reps[later]]))  # only these rows' sources become Python strings
-    at = dict(zip(wanted.tolist(), take_rows(emb, wanted, [S.SOURCE])[S.SOURCE].to_pylist(), strict=True))
-    pairs = {at[i]: at[r] for i, r in zip(later.tolist(), reps[later].tolist(), strict=True)}
+    pairs = _source_pairs(emb, later, reps[later])
     near = {src: f"near_duplicate of {first} (cosine >= {threshold})" for src, first in pairs.items()}
     report = _groups(pairs) | {
         "largest": group_summary(reps)["largest"],

@@ -82,18 +82,21 @@ def _keep(batch: pa.Table, drop: pa.Array) -> pa.Table:
     return batch.filter(pc.and_(good, pc.invert(dup)))
 
 
-def _raise_first_reject(summary: Path) -> None:
-    first, n_bad = None, 0
+def _count_parsed(summary: Path, strict: bool) -> int:
+    """Rows of the ingest summary that parsed; with `strict`, the first bad row (in input order) stops the run."""
+    first, parsed, bad_rows = None, 0, 0
     for t in iter_parquet(summary, [S.SOURCE, S.REJECT_REASON]):
         bad = t.filter(pc.not_equal(t[S.REJECT_REASON], ""))
         if bad.num_rows and first is None:
             first = bad[S.SOURCE][0].as_py(), bad[S.REJECT_REASON][0].as_py()
-        n_bad += bad.num_rows
-    if first:
+        parsed += t.num_rows - bad.num_rows
+        bad_rows += bad.num_rows
+    if strict and first:
         raise InputError(
             f"{first[0]}: {first[1]} (data.strict is on: fix the row, or drop --strict to set bad rows "
-            f"aside in rejected.jsonl; {n_bad} bad rows in all)"
+            f"aside in rejected.jsonl; {bad_rows} bad rows in all)"
         )
+    return parsed
 
 
 _PRESENTATION = {"report.py", "summary.py"}
@@ -147,8 +150,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         return write_parquet_stream(arrow_batches(ds), path, S.COMPACT_SCHEMA)
 
     summary = steps.run("ingest", data_key, ingest)  # read batch by batch below: the driver holds no table of it
-    if cfg.data.strict:
-        _raise_first_reject(summary)
+    parsed = _count_parsed(summary, cfg.data.strict)
     exact = find_duplicates(summary)
     dropped = {src: f"duplicate of {first}" for src, first in exact.items()} if cfg.data.dedupe else {}
     duplicates = {"exact": exact_report(exact, cfg.data.dedupe)}
@@ -158,9 +160,6 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         ds = read_corpus(cfg.data, files)
         return ds.map_batches(_keep, fn_kwargs={"drop": drop}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
 
-    parsed = sum(
-        pc.sum(pc.equal(t[S.REJECT_REASON], "")).as_py() or 0 for t in iter_parquet(summary, [S.REJECT_REASON])
-    )
     if cfg.data.near_dup is not None and parsed > len(dropped):
         near, duplicates["near"] = near_duplicates(cfg, steps, rows, data_key | {"dropped": _dropped_key(dropped)})
         if cfg.data.near_dedupe:

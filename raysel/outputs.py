@@ -159,7 +159,7 @@ def write_texts(scored: Path, rows: Callable[[], ray.data.Dataset], positions: n
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = [n for n in S.TEXTS_SCHEMA.names if n != S.POSITION]
 
-    def with_positions(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    def positioned(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
         done = 0
         for t in tables:
             t = t.select(columns).append_column(S.POSITION, pa.array(positions[done : done + t.num_rows]))
@@ -169,7 +169,7 @@ def write_texts(scored: Path, rows: Callable[[], ray.data.Dataset], positions: n
     if not len(positions):
         return write_parquet_stream([], path, S.TEXTS_SCHEMA)
     if set(columns) <= set(pq.read_schema(scored).names):
-        return write_parquet_stream(with_positions(iter_rows_at(scored, positions, columns)), path, S.TEXTS_SCHEMA)
+        return write_parquet_stream(positioned(iter_rows_at(scored, positions, columns)), path, S.TEXTS_SCHEMA)
     keys = take_rows(scored, positions, [S.SOURCE, S.ID])
     wanted, ids = keys[S.SOURCE].combine_chunks(), keys[S.ID].combine_chunks()
     ds = rows().map_batches(_pick, fn_kwargs={"wanted": wanted}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
@@ -194,7 +194,7 @@ def write_texts(scored: Path, rows: Callable[[], ray.data.Dataset], positions: n
             raise RuntimeError(f"{len(wanted) - done} of {len(wanted)} quoted rows not found in the corpus "
                                "(did the input change during the run?)")  # fmt: skip
 
-    return write_parquet_stream(with_positions(checked(arrow_batches(ds))), path, S.TEXTS_SCHEMA)
+    return write_parquet_stream(positioned(checked(arrow_batches(ds))), path, S.TEXTS_SCHEMA)
 
 
 def _texts_at(texts: Path) -> Iterator[tuple[int, str]]:
