@@ -1,4 +1,4 @@
-"""The `raysel` command: select, score, report, demo. Every flag is a config field (`--score.batch_size 32`).
+"""The `raysel` command: select, score, report, eval, demo. Every flag is a config field (`--score.batch_size 32`).
 
 Run: raysel select --method ifd --input data.json --output runs/x --ratio 0.1
 """
@@ -74,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     _common(score, selecting=False)
     report = sub.add_parser("report", help="(re)write RUN_DIR/report.html from a finished run")
     report.add_argument("run_dir", help="a run directory (local path)")
+    ev = sub.add_parser("eval", help="fine-tune a model per training set, answer the test sets, judge the pairs")
+    ev.add_argument("--config", help="YAML eval file (jobs/*eval*.yaml); flags override it")
+    ev.add_argument("--output", help="eval directory: a path, or an s3:// / gs:// URI")
+    ev.add_argument("--train-sets", dest="train_sets", nargs="+", metavar="NAME=PATH",
+                    help="training sets: NAME=corpus (a run's selected.jsonl, JSON, JSONL, Parquet) or "
+                         "NAME=random:OTHER (a seeded random sample of the baseline, as large as OTHER)")  # fmt: skip
+    ev.add_argument("--baseline", help="the set the others are compared against (default full)")
+    ev.add_argument("--base-model", dest="base_model", help="model every set fine-tunes (default smollm2)")
+    ev.add_argument("--test-sets", dest="test_sets", help="comma-separated: vicuna,koala,wizardlm,sinstruct,lima")
+    ev.add_argument("--test-dir", dest="test_dir", help="directory of the test sets' <name>.jsonl files")
+    ev.add_argument("--test-limit", dest="test_limit", help="answer only the first N prompts of each test set")
+    ev.add_argument("--resume", action="store_true", help="continue the eval in --output though its config changed")
+    ev.add_argument("--overwrite", action="store_true", help="delete the eval in --output and start again")
+    ev.add_argument("--seed")
     demo = sub.add_parser("demo", help="build a corpus offline from Python's docs and select from it")
     demo.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
     demo.add_argument("--rows", type=int, default=160, help="rows in the demo corpus (default 160)")
@@ -143,10 +157,54 @@ def _user_error(e: BaseException | None) -> BaseException | None:
     return None
 
 
+def _eval_overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key in ("output", "baseline", "base_model", "test_dir", "test_limit", "seed"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    if args.test_sets is not None:
+        values["test_sets"] = [t.strip() for t in args.test_sets.split(",") if t.strip()]
+    if args.train_sets:
+        sets = {}
+        for item in args.train_sets:
+            name, eq, path = item.partition("=")
+            if not eq or not name or not path:
+                raise ConfigError(f"--train-sets {item!r}: expected NAME=PATH (or NAME=random:OTHER)")
+            sets[name] = path
+        values["train_sets"] = sets
+    return values | _overrides(argparse.Namespace(), extra)
+
+
+def _eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from raysel.config import load_eval_config
+
+    try:
+        cfg = load_eval_config(args.config, _eval_overrides(args, extra))
+        from raysel.evaluate.run import run_eval
+
+        result = run_eval(cfg, resume=args.resume, overwrite=args.overwrite)
+    except Exception as e:
+        from raysel.iterselecttune import BudgetReached
+
+        if isinstance(e, BudgetReached):
+            print(f"raysel: stopped: {e}", file=sys.stderr)
+            return 3
+        user_error = _user_error(e)
+        if user_error is None:
+            raise
+        print(f"raysel: error: {user_error}", file=sys.stderr)
+        return 2
+    print(result.table, end="")
+    print(f"raysel: wrote {result.output / 'results.md'}, results.json and report.html")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     if args.command == "report":
         return _report(args.run_dir, extra)
+    if args.command == "eval":
+        return _eval(args, extra)
     try:
         if args.command == "demo":
             cfg = _demo(args, extra)

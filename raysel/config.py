@@ -262,6 +262,9 @@ class GenerateConfig:
     "fake" (tests only)."""
     system: str | None = None
     """System prompt for the model's chat template (none by default)."""
+    template: Literal["chat", "alpaca", "wiz"] = "chat"
+    """Prompt around instruction (+ input): "chat" = the model's chat template; "alpaca" / "wiz" = the IFD
+    code's text templates (what a model fine-tuned with that template expects; `raysel eval` sets it)."""
     max_new_tokens: int = 256
     """Most tokens generated per answer."""
     temperature: float = 0.0
@@ -485,6 +488,105 @@ class RunConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+TEST_SETS = ("vicuna", "koala", "wizardlm", "sinstruct", "lima")
+"""The pairwise test sets of the IFD and IterSelectTune papers (raysel.evaluate.testsets reads them)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """`raysel eval`: fine-tune one model per training set with one recipe, answer the test sets, judge pairs."""
+
+    output: str = ""
+    """Eval directory: config.yaml, results.json, results.md, report.html, models/, steps/."""
+    seed: int = 0
+    """Seeds the held-out split, the random control and every fine-tuning run (the same seed for all)."""
+    train_sets: dict[str, str] = field(default_factory=dict)
+    """Training sets by name: a corpus (JSON, JSONL, Parquet; a run's selected.jsonl), or "random:NAME" = a
+    seeded random sample of the baseline set as large as set NAME (the random control)."""
+    baseline: str = "full"
+    """The set every other set's model is compared against (usually all the data)."""
+    compare: list[str] | None = None
+    """Comparisons as "A:B" (A's answers in the judge's first slot of the first order); default: every
+    other set against the baseline."""
+    base_model: str = "smollm2"
+    """Model every training set fine-tunes: "smollm2" (offline), an HF id or a local path."""
+    template: Literal["alpaca", "wiz", "chat"] = "alpaca"
+    """Prompt template for training, answering and the held-out loss (the IFD code's: alpaca)."""
+    test_dir: str = ""
+    """Directory holding the test sets as <name>.jsonl (the papers' files: vicuna, koala, wizardlm,
+    sinstruct, lima)."""
+    test_sets: list[str] = field(default_factory=lambda: list(TEST_SETS))
+    """Test sets to answer and judge."""
+    test_limit: int | None = None
+    """Answer only the first N prompts of each test set (trials)."""
+    heldout_rows: int = 500
+    """Rows drawn (seeded) from the baseline set and taken out of every training set; each model's mean
+    answer-token loss on them is the held-out loss. 0 = no held-out loss."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """How the training sets are read (columns, strict); data.input is not used."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The one fine-tuning recipe every training set gets."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """Engine and decoding for the answers (the model is each fine-tuned one; the template is `template`)."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The pairwise judge (GPT-4 in the papers: judge.backend openai, judge.model gpt-4)."""
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ConfigError("output is required: the eval directory (--output DIR)")
+        if len(self.train_sets) < 2:
+            raise ConfigError(
+                "eval needs at least two training sets to compare, e.g. --train-sets full=data.json "
+                f"sel=runs/x/selected.jsonl; got {sorted(self.train_sets)}"
+            )
+        for name, src in self.train_sets.items():
+            if not name or not all(c.isalnum() or c in "_-." for c in name):
+                raise ConfigError(f"train_sets: name {name!r} must be letters, digits, '_', '-' or '.'")
+            if not isinstance(src, str) or not src:
+                raise ConfigError(f"train_sets.{name}: expected a path or random:NAME, got {src!r}")
+            if src.startswith("random:"):
+                other = src.removeprefix("random:")
+                files = sorted(k for k, v in self.train_sets.items() if not v.startswith("random:"))
+                if other not in files:
+                    raise ConfigError(f"train_sets.{name}: {src!r} must name a set that is a file, one of {files}")
+        if self.baseline not in self.train_sets:
+            raise ConfigError(f"eval.baseline {self.baseline!r} is not a training set: {sorted(self.train_sets)}")
+        if self.train_sets[self.baseline].startswith("random:"):
+            raise ConfigError(
+                f"the baseline set {self.baseline!r} must be a file, not {self.train_sets[self.baseline]!r}"
+            )
+        for pair in self.pairs():
+            for side in pair:
+                if side not in self.train_sets:
+                    raise ConfigError(f"compare: {side!r} is not a training set: {sorted(self.train_sets)}")
+            if pair[0] == pair[1]:
+                raise ConfigError(f"compare: {pair[0]}:{pair[1]} compares a set with itself")
+        unknown = [t for t in self.test_sets if t not in TEST_SETS]
+        if unknown or not self.test_sets:
+            raise ConfigError(f"test_sets: {unknown or 'none'}; choose from {', '.join(TEST_SETS)}")
+        if not self.test_dir:
+            raise ConfigError("test_dir is required: the directory of the test sets' <name>.jsonl files (--test-dir)")
+        if self.test_limit is not None and self.test_limit <= 0:
+            raise ConfigError(f"test_limit must be positive, got {self.test_limit}; omit it to answer every prompt")
+        if self.heldout_rows < 0:
+            raise ConfigError(f"heldout_rows must be >= 0, got {self.heldout_rows}")
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(A, B) of every comparison."""
+        if self.compare is None:
+            return [(name, self.baseline) for name in self.train_sets if name != self.baseline]
+        out = []
+        for text in self.compare:
+            a, sep, b = str(text).partition(":")
+            if not sep:
+                raise ConfigError(f"compare: {text!r} is not A:B (two training set names)")
+            out.append((a, b))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _accepts_str(tp: Any) -> bool:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -576,6 +678,17 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Resolve a RunConfig from an optional YAML file plus dotted overrides (CLI flags win)."""
+    tree = _tree(path, overrides)
+    _method_defaults(tree)
+    return build(RunConfig, tree)
+
+
+def load_eval_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:
+    """Resolve an EvalConfig (`raysel eval`) from an optional YAML file plus dotted overrides."""
+    return build(EvalConfig, _tree(path, overrides))
+
+
+def _tree(path: str | Path | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -589,8 +702,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{p}: the top level must be a mapping of config sections")
     for dotted, value in (overrides or {}).items():
         set_dotted(tree, dotted, value)
-    _method_defaults(tree)
-    return build(RunConfig, tree)
+    return tree
 
 
 def _method_defaults(tree: dict[str, Any]) -> None:
@@ -606,5 +718,5 @@ def _method_defaults(tree: dict[str, Any]) -> None:
         set_dotted(tree, "select.ratio", 0.2)
 
 
-def dump_yaml(cfg: RunConfig) -> str:
+def dump_yaml(cfg: RunConfig | EvalConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

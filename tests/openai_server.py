@@ -10,6 +10,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -28,8 +29,12 @@ class JudgeServer:
     `script` actions are used one per request, in arrival order; then every request gets `default`.
     """
 
-    def __init__(self, *, default: str = "ok", delay_s: float = 0.0, hang_s: float = 1.5) -> None:
+    def __init__(
+        self, *, default: str = "ok", delay_s: float = 0.0, hang_s: float = 1.5, scorer: Callable[[str], int] = score
+    ) -> None:
         self.default, self.delay_s, self.hang_s = default, delay_s, hang_s
+        self.scorer = scorer
+        """Score of one answer (1-10), whatever slot it is in."""
         self.script: list[str] = []
         self.retry_after = "0"
         self.requests = 0
@@ -77,7 +82,9 @@ class JudgeServer:
             return int(action), headers, json.dumps({"error": {"message": message, "type": "error"}}).encode()
         if action == "malformed":
             return 200, {}, b'{"id": "chatcmpl-x", "choices": [ this is not json'
-        verdict = f"VERDICT {nonce}: {score(answers[0])} {score(answers[1])}\nThe better answer is more accurate."
+        verdict = (
+            f"VERDICT {nonce}: {self.scorer(answers[0])} {self.scorer(answers[1])}\nThe better answer is more accurate."
+        )
         if action == "noverdict":
             content = "Both answers have merits; I cannot decide."
         elif action == "echo":

@@ -111,6 +111,10 @@ class Generator(Protocol):
         """The model's chat template around one user turn, ending where the assistant's answer starts."""
         ...
 
+    def text_prompt(self, text: str) -> str:
+        """A plain-text prompt (alpaca template) with the special tokens the tokenizer would add (its BOS)."""
+        ...
+
 
 def make_generator(cfg: GenerateConfig) -> Generator:
     """Build the configured generator; the engine is imported here, never at raysel import time."""

@@ -98,6 +98,9 @@ class FakeGenerator:
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         return FakeLossScorer.chat_prompt(self, user, system)  # type: ignore[arg-type]
 
+    def text_prompt(self, text: str) -> str:
+        return text
+
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Generation]:
         out = []
         for prompt in prompts:

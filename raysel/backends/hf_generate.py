@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from raysel.backends.base import Generation, GenParams
 from raysel.backends.models import resolve_model
-from raysel.backends.spans import render_chat
+from raysel.backends.spans import render_chat, text_prompt
 from raysel.config import GenerateConfig
 
 TRUNCATED = "truncated_prompt:"
@@ -115,6 +115,9 @@ class HfGenerator:
 
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         return render_chat(self.tokenizer, user, system)
+
+    def text_prompt(self, text: str) -> str:
+        return text_prompt(self.tokenizer, text)
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Generation]:
         ids, cut = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)

@@ -49,3 +49,14 @@ def token_losses(nll: Sequence[float], starts: Sequence[int], ends: Sequence[int
         TokenLoss(nll_sum=nll[i], n_tokens=max(0, ends[i] - starts[i]), prompt_tokens=starts[i])
         for i in range(len(nll))
     ]
+
+
+def text_prompt(tokenizer, text: str) -> str:
+    """`text` as a complete prompt: the special tokens the tokenizer adds in front (a BOS) spelled out, so that
+    tokenizing it without added special tokens gives what training saw (sft tokenizes with them)."""
+    probe = "x"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    n = len(full) - len(plain)
+    head = full[:n] if n > 0 and full[n:] == plain else []
+    return tokenizer.decode(head) + text if head else text

@@ -12,7 +12,7 @@ import numpy as np
 from raysel.backends.base import Embeddings, Generation, GenParams, TokenLoss
 from raysel.backends.hf_generate import encode_prompts, eos_ids, row_seed, to_generations
 from raysel.backends.models import resolve_model
-from raysel.backends.spans import answer_spans, render_chat, render_messages, token_losses
+from raysel.backends.spans import answer_spans, render_chat, render_messages, text_prompt, token_losses
 from raysel.config import EmbedConfig, GenerateConfig, ScoreConfig
 
 
@@ -130,6 +130,9 @@ class VllmGenerator:
 
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         return render_chat(self.tokenizer, user, system)
+
+    def text_prompt(self, text: str) -> str:
+        return text_prompt(self.tokenizer, text)
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Generation]:
         ids, cut = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)

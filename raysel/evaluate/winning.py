@@ -7,9 +7,12 @@ evaluation (tianyi-lab/Cherry_LLM, evaluation/generation/review_eval_score.py, `
 win+tie and tie+win are wins; win+lose, lose+win and tie+tie ties; the rest losses). Model A's answer
 takes the judge's "reference" slot, model B's the "model" slot.
 
-Winning score = (wins - losses) / prompts + 1, in [0, 2]; 1 means as good as B (the IFD paper, Li et al.
-NAACL 2024, evaluation metric; the released code's `cal_rate`, which pools the test sets' prompts).
-IterSelectTune (Song et al. 2024) reports the same score. Prompts the judge could not score (an unparsed
+Winning score = (wins - losses) / prompts + 1, in [0, 2]; 1 means as good as B. The IFD paper (Li et al.,
+NAACL 2024) defines the two-order win / tie / lose rule in section 3.3.1 ("Pair-wise Comparison") and the
+score, (Num(Win) - Num(Lose)) / Num(All) + 1 counted over all five test sets, in section 4.1 ("Main
+Results", Figure 3); the released code's `cal_rate` pools the test sets' prompts the same way. IterSelectTune
+(Song et al. 2024) reports a winning score on the same test sets; raysel follows the IFD paper's definition
+(its text is the one checked). Prompts the judge could not score (an unparsed
 reply, the budget) are counted apart and left out of the score, never counted as ties.
 """
 
@@ -24,9 +27,9 @@ WIN, TIE, LOSE, UNJUDGED = "win", "tie", "lose", "unjudged"
 _FOR_A = {"reference": WIN, "model": LOSE, "tie": TIE}
 
 
-def verdict_for_a(row: RowVerdict) -> str:
+def verdict_for_a(row: RowVerdict | str) -> str:
     """Model A's verdict on one prompt from the judge's two-order verdict (A in the "reference" slot)."""
-    return _FOR_A.get(row.verdict, UNJUDGED)
+    return _FOR_A.get(row if isinstance(row, str) else row.verdict, UNJUDGED)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from raysel import schema as S
 from raysel.backends.base import GenParams, make_generator
 from raysel.config import GenerateConfig
 from raysel.stages.base import StageSpec
+from raysel.templates import build_prompt
 
 
 def user_text(instruction: str, input: str) -> str:
@@ -18,7 +19,8 @@ def user_text(instruction: str, input: str) -> str:
 
 
 class GenerateStage:
-    """Answers each row with the configured generator, the user turn wrapped in the model's chat template.
+    """Answers each row with the configured generator: the user turn in the model's chat template, or the
+    instruction (+ input) in a text template (generate.template, as a model fine-tuned with it was trained).
 
     Input columns: instruction, input. Output columns: generated (str), gen_prompt_tokens, gen_tokens (int32),
     gen_finish (str: "stop", "length", prefixed "truncated_prompt:" when the prompt was cut). Resources:
@@ -46,10 +48,14 @@ class GenerateStage:
     def spec(cls, cfg: GenerateConfig) -> StageSpec:
         return StageSpec.for_backend(cfg)
 
+    def _prompt(self, instruction: str, input: str) -> str:
+        if self.cfg.template == "chat":
+            return self.generator.chat_prompt(user_text(instruction, input), self.cfg.system)
+        return self.generator.text_prompt(build_prompt(self.cfg.template, instruction, input))
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         prompts = [
-            self.generator.chat_prompt(user_text(str(ins), str(inp)), self.cfg.system)
-            for ins, inp in zip(batch[S.INSTRUCTION], batch[S.INPUT], strict=True)
+            self._prompt(str(ins), str(inp)) for ins, inp in zip(batch[S.INSTRUCTION], batch[S.INPUT], strict=True)
         ]
         gens = self.generator.generate(prompts, self.params)
         out = dict(batch)
