@@ -175,6 +175,21 @@ def _eval_overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, Any
     return values | _overrides(argparse.Namespace(), extra)
 
 
+def _failed(e: Exception) -> int:
+    """Exit code of a command that raised: 3 when the judge budget stopped it, 2 for a user error (config,
+    input), both printed; anything else is a bug and propagates."""
+    from raysel.iterselecttune import BudgetReached
+
+    if isinstance(e, BudgetReached):
+        print(f"raysel: stopped: {e}", file=sys.stderr)
+        return 3
+    user_error = _user_error(e)
+    if user_error is None:
+        raise e
+    print(f"raysel: error: {user_error}", file=sys.stderr)
+    return 2
+
+
 def _eval(args: argparse.Namespace, extra: list[str]) -> int:
     from raysel.config import load_eval_config
 
@@ -184,16 +199,7 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> int:
 
         result = run_eval(cfg, resume=args.resume, overwrite=args.overwrite)
     except Exception as e:
-        from raysel.iterselecttune import BudgetReached
-
-        if isinstance(e, BudgetReached):
-            print(f"raysel: stopped: {e}", file=sys.stderr)
-            return 3
-        user_error = _user_error(e)
-        if user_error is None:
-            raise
-        print(f"raysel: error: {user_error}", file=sys.stderr)
-        return 2
+        return _failed(e)
     print(result.table, end="")
     print(f"raysel: wrote {result.output / 'results.md'}, results.json and report.html")
     return 0
@@ -219,16 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=getattr(args, "overwrite", False),
         )
     except Exception as e:
-        from raysel.iterselecttune import BudgetReached
-
-        if isinstance(e, BudgetReached):
-            print(f"raysel: stopped: {e}", file=sys.stderr)
-            return 3
-        user_error = _user_error(e)
-        if user_error is None:
-            raise
-        print(f"raysel: error: {user_error}", file=sys.stderr)
-        return 2
+        return _failed(e)
     from raysel.summary import print_summary
 
     print_summary(result, demo=args.command == "demo")

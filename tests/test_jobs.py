@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raysel.config import RunConfig, load_config
+from raysel.config import EvalConfig, RunConfig, load_config, load_eval_config
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 JOB_FILES = sorted(JOBS.rglob("*.yaml")) if JOBS.is_dir() else []
@@ -18,6 +18,10 @@ def test_there_are_job_files() -> None:
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=[str(p.relative_to(JOBS)) for p in JOB_FILES])
 def test_job_loads(path: Path) -> None:
+    if path.parent.name == "eval":  # `raysel eval` files
+        ev = load_eval_config(path)
+        assert isinstance(ev, EvalConfig) and ev.output and len(ev.pairs()) >= 1
+        return
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)
     assert cfg.output and cfg.data.input
