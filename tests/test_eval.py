@@ -138,3 +138,29 @@ def test_bad_arguments_stop_before_any_work(tmp_path: Path, shared_data: Path, c
     assert main([*base, "--train-sets", "full=/nonexistent/a.json", "sel=b.json"]) == 2
     assert "/nonexistent/a.json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_judge_budget_stops_a_comparison_cleanly_and_the_cache_resumes_it(
+    evaluated: Path, sets, shared_data: Path, server, tmp_path: Path
+) -> None:
+    from raysel.config import load_eval_config
+    from raysel.evaluate.run import _judge
+    from raysel.iterselecttune import BudgetReached
+
+    values = {"output": str(tmp_path), "train_sets": {k: str(v) for k, v in sets.items()},
+              "test_dir": str(shared_data / "testsets"), "judge.backend": "openai", "judge.model": "loopback-judge",
+              "judge.base_url": server.url, "judge.api_key_env": KEY_ENV, "judge.cache": str(tmp_path / "cache"),
+              "judge.price_input_per_mtok": 1000.0, "judge.price_output_per_mtok": 1000.0,
+              "judge.concurrency": 1}  # fmt: skip
+    answers = [evaluated / "steps" / f"answers_{n}.parquet" for n in ("sel", "full")]
+    path, before = tmp_path / "judge_sel_vs_full.parquet", server.requests
+    with pytest.raises(BudgetReached, match="--resume and a higher --judge.budget_usd"):
+        _judge(load_eval_config(None, values | {"judge.budget_usd": 1.5}), tmp_path, *answers, path)
+    assert not path.exists()
+    paid = server.requests
+    assert 0 < paid - before < 2 * LIMIT * len(TESTSETS)  # the budget let some calls through, not all
+    assert _judge(load_eval_config(None, values), tmp_path, *answers, path) == LIMIT * len(TESTSETS)
+    calls = pq.read_table(path, columns=[S.JUDGE_CALLS, S.JUDGE_CACHED]).to_pydict()
+    # each order of each prompt is one call or one cache hit; what the budget let through is not paid twice
+    assert sum(calls[S.JUDGE_CALLS]) + sum(calls[S.JUDGE_CACHED]) == 2 * LIMIT * len(TESTSETS)
+    assert sum(calls[S.JUDGE_CALLS]) == server.requests - paid and sum(calls[S.JUDGE_CACHED]) >= paid - before

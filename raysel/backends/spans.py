@@ -57,6 +57,7 @@ def text_prompt(tokenizer, text: str) -> str:
     probe = "x"
     plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
     full = tokenizer(probe, add_special_tokens=True)["input_ids"]
-    n = len(full) - len(plain)
-    head = full[:n] if n > 0 and full[n:] == plain else []
+    # The tokens before the probe's own (a tokenizer may also add some after it, an EOS: not part of a prompt).
+    start = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), 0)
+    head = full[:start]
     return tokenizer.decode(head) + text if head else text
