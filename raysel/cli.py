@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="(re)write RUN_DIR/report.html from a finished run")
     report.add_argument("run_dir", help="a run directory (local path)")
     ev = sub.add_parser("eval", help="fine-tune a model per training set, answer the test sets, judge the pairs")
-    ev.add_argument("--config", help="YAML eval file (jobs/*eval*.yaml); flags override it")
+    ev.add_argument("--config", help="YAML eval file (jobs/eval/*.yaml); flags override it")
     ev.add_argument("--output", help="eval directory: a path, or an s3:// / gs:// URI")
     ev.add_argument("--train-sets", dest="train_sets", nargs="+", metavar="NAME=PATH",
                     help="training sets: NAME=corpus (a run's selected.jsonl, JSON, JSONL, Parquet) or "

@@ -81,7 +81,8 @@ def results_table(pairs: Mapping[str, Mapping[str, Tally]], heldout_loss: Mappin
         for name in [*(n for n in sets if n != "all"), *(["all"] if "all" in sets else [])]:
             t = sets[name]
             shown = "all (pooled)" if name == "all" else name
-            lines.append(f"| {pair} | {shown} | {t.win} | {t.tie} | {t.lose} | {t.unjudged} | {t.winning_score:.3f} |")
+            score = f"{t.winning_score:.3f}" if t.total else "n/a (none judged)"
+            lines.append(f"| {pair} | {shown} | {t.win} | {t.tie} | {t.lose} | {t.unjudged} | {score} |")
     if heldout_loss:
         lines += ["", "| model | held-out loss |", "|---|---:|"]
         lines += [f"| {name} | {loss:.4f} |" for name, loss in heldout_loss.items()]

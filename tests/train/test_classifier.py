@@ -67,8 +67,9 @@ def test_training_is_deterministic_and_learns_words(ray_local, tiny_bert, tmp_pa
     labels = [1, 1, 0, 0] * 4
     cfg = ClassifierConfig(model=tiny_bert, epochs=30, batch_size=8, lr=3e-3)
     metas = [
-        train_classifier(cfg, texts, labels, output_dir=tmp_path / f"c{i}", storage_path=tmp_path / "t",
-                         name="same", seed=1)  # fmt: skip
+        train_classifier(
+            cfg, texts, labels, output_dir=tmp_path / f"c{i}", storage_path=tmp_path / "t", name="same", seed=1
+        )  # fmt: skip
         for i in range(2)
     ]
     assert metas[0] == metas[1] and metas[0]["train_accuracy"] == 1.0
