@@ -163,7 +163,7 @@ def _eval_overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, Any
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if args.test_sets is not None:
-        values["test_sets"] = [t.strip() for t in args.test_sets.split(",") if t.strip()]
+        values["test_sets"] = args.test_sets
     if args.train_sets:
         sets = {}
         for item in args.train_sets:
@@ -172,7 +172,11 @@ def _eval_overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, Any
                 raise ConfigError(f"--train-sets {item!r}: expected NAME=PATH (or NAME=random:OTHER)")
             sets[name] = path
         values["train_sets"] = sets
-    return values | _overrides(argparse.Namespace(), extra)
+    values |= _overrides(argparse.Namespace(), extra)
+    for key in ("compare", "test_sets"):  # lists, comma-separated on the command line
+        if isinstance(values.get(key), str):
+            values[key] = [t.strip() for t in values[key].split(",") if t.strip()]
+    return values
 
 
 def _failed(e: Exception) -> int:

@@ -31,6 +31,7 @@ from raysel.templates import build_prompt
 
 TWO_SETS = {"full": "a.json", "sel": "b.json"}
 THREE_SETS = {"full": "a.json", "sel": "b.json", "rand": "random:sel"}
+THREE_SETS_ARGS = ("full=a.json", "sel=b.json", "rand=random:sel")
 
 
 def _cfg(**overrides) -> EvalConfig:
@@ -110,6 +111,11 @@ def test_eval_flags_become_config_keys() -> None:
     assert cfg.pairs() == [("sel", "full"), ("rand", "full")]
     spaced = _eval_values("--test-sets", " lima , ,vicuna", "--seed", "4", "--baseline", "sel")
     assert spaced == {"test_sets": ["lima", "vicuna"], "seed": "4", "baseline": "sel"}
+    pairs = _eval_values("--train-sets", *THREE_SETS_ARGS, "--compare", "sel:rand,sel:full")
+    assert load_eval_config(None, pairs | {"output": "o", "test_dir": "t"}).pairs() == [
+        ("sel", "rand"),
+        ("sel", "full"),
+    ]
 
 
 @pytest.mark.parametrize("item", ["full", "=a.json", "full="])
