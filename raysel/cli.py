@@ -205,7 +205,7 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> int:
     except Exception as e:
         return _failed(e)
     print(result.table, end="")
-    print(f"raysel: wrote {result.output / 'results.md'}, results.json and report.html")
+    print(f"raysel: wrote results.md, results.json and report.html in {result.uri or result.output}")
     return 0
 
 

@@ -523,11 +523,13 @@ class EvalConfig:
     """Rows drawn (seeded) from the baseline set and taken out of every training set; each model's mean
     answer-token loss on them is the held-out loss. 0 = no held-out loss."""
     data: DataConfig = field(default_factory=DataConfig)
-    """How the training sets are read (columns, strict); data.input is not used."""
+    """How the training sets are read: columns, strict, limit (per set). Each set trains as given: data.input
+    and the dedupe fields are not used."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The one fine-tuning recipe every training set gets."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
-    """Engine and decoding for the answers (the model is each fine-tuned one; the template is `template`)."""
+    """Engine and decoding for the answers. generate.model, .template and .system are not used: each
+    fine-tuned model answers, prompted with `template` as it was trained (no system prompt)."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The pairwise judge (GPT-4 in the papers: judge.backend openai, judge.model gpt-4)."""
 
@@ -540,8 +542,10 @@ class EvalConfig:
                 f"sel=runs/x/selected.jsonl; got {sorted(self.train_sets)}"
             )
         for name, src in self.train_sets.items():
-            if not name or not all(c.isalnum() or c in "_-." for c in name):
-                raise ConfigError(f"train_sets: name {name!r} must be letters, digits, '_', '-' or '.'")
+            if not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith(".") or "_vs_" in name:
+                raise ConfigError(
+                    f"train_sets: name {name!r} must be letters, digits, '_', '-' or '.' (not first), without '_vs_'"
+                )
             if not isinstance(src, str) or not src:
                 raise ConfigError(f"train_sets.{name}: expected a path or random:NAME, got {src!r}")
             if src.startswith("random:"):

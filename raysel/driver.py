@@ -180,7 +180,8 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
     score_cfg, extra = cfg.score, {}
     if cfg.pre_experience.enabled and parsed > len(dropped):
         model, extra["pre_experience"] = pre_experience(cfg, steps, rows, key)
-        score_cfg = dataclasses.replace(cfg.score, model=str(model.resolve()))
+        # The run directory's twin in a remote store when there is one: scoring actors on other nodes load it.
+        score_cfg = dataclasses.replace(cfg.score, model=rundir.storage_uri(model))
 
     pre_key = extra.get("pre_experience", {}).get("key")
     score_key = key | {"score": scoring_identity(score_cfg), "pre": pre_key}

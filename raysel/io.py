@@ -226,18 +226,19 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> int:
             try:
                 line = json.dumps(row, ensure_ascii=False, allow_nan=False)
             except ValueError:  # NaN/inf in an original record: JSON has no such number, write null
-                line = json.dumps(_finite(row), ensure_ascii=False, allow_nan=False)
+                line = json.dumps(json_safe(row), ensure_ascii=False, allow_nan=False)
             f.write(line + "\n")
             n += 1
     tmp.replace(path)
     return n
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, inf) as None: strict JSON, which jq and browsers read."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raysel import rundir
 from raysel import schema as S
 from raysel.config import ConfigError, RunConfig, ScoreConfig
 from raysel.io import LIGHT_CPUS, arrow_batches, with_positions, write_parquet_stream
@@ -135,7 +136,7 @@ def run_iterit(
             count = len(order) if e == 0 or it.update_ratio <= 1 else min(len(order), int(k * it.update_ratio))
             window = order[:count]
             if e > 0:
-                rescore_cfg = dataclasses.replace(score_cfg, model=str(model))
+                rescore_cfg = dataclasses.replace(score_cfg, model=rundir.storage_uri(model))
                 path = steps.run("score", key, lambda p, w=window, c=rescore_cfg: _rescore(every, w, c, p))
                 rescored_files.append((e, path))
                 t = pq.read_table(path, columns=[S.POSITION, S.SCORE_IFD_PPL])

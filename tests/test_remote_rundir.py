@@ -81,3 +81,25 @@ def test_a_run_lives_in_the_bucket_and_resumes_from_it(ray_local, bucket, tmp_pa
     assert isinstance(json.loads(_get(bucket, "exp/a/manifest.json"))["timings_s"]["score"], float)
     with pq.ParquetFile(__import__("io").BytesIO(_get(bucket, "exp/a/scores.parquet"))) as f:
         assert f.metadata.num_rows == manifest["counts"]["to_score"]
+
+
+def test_a_model_in_the_bucket_loads_on_any_node(bucket, tiny_hf_model: str, tmp_path: Path, monkeypatch) -> None:
+    """Actors on other nodes get a fine-tuned model as its run directory's URI: resolve_model downloads it once
+    into the node's cache, and again when the model under that URI is rewritten."""
+    from pyarrow import fs as pafs
+    from transformers import AutoModelForCausalLM
+
+    from raysel.backends.models import resolve_model
+
+    monkeypatch.setenv("RAYSEL_CACHE", str(tmp_path / "cache"))
+    s3, _ = pafs.FileSystem.from_uri("s3://runs")
+    pafs.copy_files(tiny_hf_model, "runs/ev/models/full", destination_filesystem=s3)
+    local = resolve_model("s3://runs/ev/models/full")
+    assert Path(local).is_relative_to(tmp_path / "cache") and (Path(local) / "config.json").is_file()
+    assert AutoModelForCausalLM.from_pretrained(local).config.num_hidden_layers == 2
+    assert resolve_model("s3://runs/ev/models/full") == local  # cached
+    bucket.put_object(Bucket="runs", Key="ev/models/full/train_summary.json", Body=b"{}")  # the model rewritten
+    again = resolve_model("s3://runs/ev/models/full")
+    assert again != local and (Path(again) / "train_summary.json").is_file()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model("s3://runs/ev/models/none")

@@ -52,9 +52,12 @@ def minilm_dir() -> Path:
 
 def resolve_model(name: str) -> str:
     """An HF id or local path passes through; "smollm2" becomes a materialized HF directory, "minilm" the
-    packaged encoder's directory."""
+    packaged encoder's directory; an s3:// / gs:// directory (a model a run fine-tuned, in a remote run
+    directory) is downloaded once into the cache, so an actor on any node can load it."""
     if name == DEFAULT_ENCODER:
         return str(minilm_dir())
+    if "://" in name and not name.startswith("file://"):
+        return str(_download(name))
     if name != DEFAULT_MODEL:
         return name
     target = cache_dir() / "models" / _SMOLLM2_DIR
@@ -90,3 +93,33 @@ def _materialize_smollm2(target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _download(uri: str) -> Path:
+    """A local copy of the model directory at `uri`, cached by its URI and its files' sizes and times (a model
+    written again under the same URI is fetched again). Copied to a temp dir, then renamed: concurrent
+    actors on one node never see a half-written model."""
+    import hashlib
+
+    from pyarrow import fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    files = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    files = sorted((f.path, f.size, str(f.mtime)) for f in files if f.type == pafs.FileType.File)
+    if not any(p.endswith("/config.json") for p, _, _ in files):
+        raise FileNotFoundError(f"{uri} holds no model directory (no config.json)")
+    digest = hashlib.sha256(repr([uri, files]).encode()).hexdigest()[:16]
+    target = cache_dir() / "remote_models" / digest
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".download-"))
+    try:
+        pafs.copy_files(root, str(tmp), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+        try:
+            tmp.rename(target)
+        except OSError:  # another actor finished first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -37,7 +37,7 @@ from raysel import schema as S
 from raysel.config import EvalConfig, ScoreConfig, dump_yaml
 from raysel.evaluate.testsets import Prompt, read_testsets
 from raysel.evaluate.winning import Tally, per_testset, results_table, verdict_for_a
-from raysel.io import arrow_batches, expand_input, fingerprint, write_parquet_stream
+from raysel.io import arrow_batches, expand_input, fingerprint, json_safe, write_parquet_stream
 from raysel.readers import InputError
 from raysel.steps import Steps
 
@@ -66,6 +66,8 @@ class EvalResult:
     """What results.json holds."""
     table: str
     """results.md."""
+    uri: str = ""
+    """The eval directory as given: `output`, or the s3:// / gs:// URI it is a staging copy of."""
 
 
 def _digest(obj: Any) -> str:
@@ -74,6 +76,12 @@ def _digest(obj: Any) -> str:
 
 def _ids_digest(table: pa.Table) -> str:
     return hashlib.sha256("\n".join(table[S.ID].to_pylist()).encode()).hexdigest()[:16]
+
+
+def _prompts_digest(table: pa.Table) -> str:
+    """The test prompts' ids and text: an edited prompt with the same id is answered again."""
+    cols = [table[c].to_pylist() for c in (S.ID, S.INSTRUCTION, S.INPUT)]
+    return hashlib.sha256(json.dumps(cols).encode()).hexdigest()[:16]
 
 
 def pair_name(a: str, b: str) -> str:
@@ -86,7 +94,7 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, overwrite: bool = False) 
     from raysel.driver import _code_hash, _init_ray
 
     prompts = _prompts(cfg)  # a missing or malformed test set fails here, before Ray starts
-    files = {n: expand_input(p) for n, p in cfg.train_sets.items() if not p.startswith("random:")}
+    files = {n: _expand(n, p) for n, p in cfg.train_sets.items() if not p.startswith("random:")}
     rd = rundir.open_run(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite)
     out = rd.local
     for stale in RESULTS:
@@ -102,20 +110,23 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, overwrite: bool = False) 
     keys: dict[str, dict[str, Any]] = {}
     models: dict[str, Path] = {}
     for name, table in train.items():
-        keys[name] = {"base": cfg.base_model, "template": cfg.template, "seed": cfg.seed, "code": code,
+        # The model's key names the training code only: an edit elsewhere in raysel does not retrain (hours
+        # on a GPU cluster); the steps after it are keyed on all of raysel's code.
+        keys[name] = {"base": cfg.base_model, "template": cfg.template, "seed": cfg.seed, "code": _train_code(),
                       "train": _train_identity(cfg), "rows": _ids_digest(table)}  # fmt: skip
         models[name] = _finetune(cfg, out, steps, name, table, keys[name])
         sets[name]["train_summary"] = _train_summary(models[name])
     losses = {}
     if heldout.num_rows:
         for name, model in models.items():
-            path = steps.run(f"heldout_{name}", keys[name] | {"heldout": _ids_digest(heldout)},
-                             lambda p, m=model: _heldout_loss(cfg, m, heldout, p))  # fmt: skip
+            key = keys[name] | {"heldout": _ids_digest(heldout), "scorer": _scorer_identity(cfg), "all_code": code}
+            path = steps.run(f"heldout_{name}", key, lambda p, m=model: _heldout_loss(cfg, m, heldout, p))
             losses[name] = heldout_loss(pq.read_table(path))
     answers = {}
     used = {n for pair in cfg.pairs() for n in pair}
     for name in [n for n in train if n in used]:
-        key = keys[name] | {"generate": _generation_identity(cfg), "prompts": _ids_digest(prompts_table)}
+        key = keys[name] | {"generate": _generation_identity(cfg), "prompts": _prompts_digest(prompts_table),
+                            "all_code": code}  # fmt: skip
         answers[name] = steps.run(f"answers_{name}", key, lambda p, m=models[name]: _answer(cfg, m, prompts_table, p))
         keys[name] = key
     comparisons, judged = {}, []
@@ -128,16 +139,17 @@ def run_eval(cfg: EvalConfig, *, resume: bool = False, overwrite: bool = False) 
     results = _results(cfg, sets, heldout.num_rows, losses, comparisons, judged, steps.timings, cluster)
     md = _markdown(cfg, results)
     (out / "results.md").write_text(md)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2, default=str))
     _report(out)
     rundir.sync(final=True)
-    return EvalResult(output=out, results=results, table=md)
+    return EvalResult(output=out, results=results, table=md, uri=cfg.output)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, float | np.floating):
-        return None if not np.isfinite(obj) else float(obj)
-    return str(obj)
+def _expand(name: str, path: str) -> list[str]:
+    try:
+        return expand_input(path)
+    except InputError as e:
+        raise InputError(f"train_sets.{name} (--train-sets {name}=...): {e}") from None
 
 
 def _prompts(cfg: EvalConfig) -> dict[str, list[Prompt]]:
@@ -178,7 +190,11 @@ def _read_set(cfg: EvalConfig, steps: Steps, name: str, files: list[str], code: 
         )
     good = table.filter(pc.equal(table[S.REJECT_REASON], ""))
     if good.num_rows == 0:
-        raise InputError(f"training set {name!r} ({cfg.train_sets[name]}) has no usable row ({bad.num_rows} rejected)")
+        first = f"; the first: {bad[S.SOURCE][0].as_py()}: {bad[S.REJECT_REASON][0].as_py()}" if bad.num_rows else ""
+        raise InputError(
+            f"training set {name!r} ({cfg.train_sets[name]}) has no usable row ({bad.num_rows} rejected{first}); "
+            "data.columns maps the fields of every set"
+        )
     reasons: dict[str, int] = {}
     for r in bad[S.REJECT_REASON].to_pylist():
         reason = r.split(":")[0] if r.startswith("field ") else r
@@ -238,7 +254,21 @@ def _training_tables(
         sets[name] = {"source": src, "rows_read": n, "rejected": 0, "heldout_removed": 0}
     for name in cfg.train_sets:  # in the config's order
         sets[name]["train_rows"] = train[name].num_rows
+        if train[name].num_rows == 0:
+            raise InputError(
+                f"training set {name!r} has no row left once the {len(heldout_ids)} held-out rows are taken out "
+                "(every row of it is held out); lower --heldout_rows or use a larger set"
+            )
     return {n: train[n] for n in cfg.train_sets}, {n: sets[n] for n in cfg.train_sets}
+
+
+def _train_code() -> str:
+    """Hash of the code that makes a fine-tuned model from its rows (trainer, templates, model loading)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted([*(root / "train").glob("*.py"), root / "templates.py", root / "backends" / "models.py"]):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _train_identity(cfg: EvalConfig) -> dict[str, Any]:
@@ -249,7 +279,13 @@ def _train_identity(cfg: EvalConfig) -> dict[str, Any]:
 def _generation_identity(cfg: EvalConfig) -> dict[str, Any]:
     from raysel.iterselecttune import generation_identity
 
-    return generation_identity(dataclasses.replace(cfg.generate, model="", template=cfg.template))
+    return generation_identity(dataclasses.replace(cfg.generate, model="", template=cfg.template, system=None))
+
+
+def _scorer_identity(cfg: EvalConfig) -> dict[str, Any]:
+    from raysel.driver import scoring_identity
+
+    return scoring_identity(dataclasses.replace(_score_cfg(cfg, ""), model=""))
 
 
 def _judge_identity(cfg: EvalConfig) -> dict[str, Any]:
@@ -280,11 +316,18 @@ def _train_summary(model: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _score_cfg(cfg: EvalConfig, model: Path) -> ScoreConfig:
+def _model_uri(model: Path) -> str:
+    """Where actors load a fine-tuned model: its path, or its twin in a remote run directory (any node)."""
+    from raysel import rundir
+
+    return rundir.storage_uri(model)
+
+
+def _score_cfg(cfg: EvalConfig, model: str) -> ScoreConfig:
     """The held-out scorer: the generation engine's device, the training template and window."""
     gen = cfg.generate
     return ScoreConfig(
-        model=str(model.resolve()), backend="fake" if gen.backend == "fake" else "hf", template=cfg.template,
+        model=model, backend="fake" if gen.backend == "fake" else "hf", template=cfg.template,
         max_length=cfg.train.max_length, batch_size=16, device=gen.device, dtype=gen.dtype, num_cpus=gen.num_cpus,
         num_gpus=gen.num_gpus if gen.backend == "hf" else None, concurrency=gen.concurrency,
     )  # fmt: skip
@@ -297,7 +340,9 @@ def _heldout_loss(cfg: EvalConfig, model: Path, heldout: pa.Table, path: Path) -
     from raysel.stages.score import IfdScoreStage
 
     ds = ray.data.from_arrow(heldout.select([S.ID, S.INSTRUCTION, S.INPUT, S.OUTPUT]).replace_schema_metadata())
-    return write_parquet_stream(arrow_batches(apply(ds, IfdScoreStage, _score_cfg(cfg, model), HELDOUT_COLUMNS)), path)
+    return write_parquet_stream(
+        arrow_batches(apply(ds, IfdScoreStage, _score_cfg(cfg, _model_uri(model)), HELDOUT_COLUMNS)), path
+    )
 
 
 def heldout_loss(table: pa.Table) -> float:
@@ -314,7 +359,8 @@ def _answer(cfg: EvalConfig, model: Path, prompts: pa.Table, path: Path) -> int:
     from raysel.stages.base import apply
     from raysel.stages.generate import GenerateStage
 
-    gen = dataclasses.replace(cfg.generate, model=str(model.resolve()), template=cfg.template)
+    # The training template and no system prompt: the answers are prompted as the model was trained.
+    gen = dataclasses.replace(cfg.generate, model=_model_uri(model), template=cfg.template, system=None)
     ds = apply(ray.data.from_arrow(prompts), GenerateStage, gen, ANSWERS_SCHEMA.names)
     return write_parquet_stream((t.cast(ANSWERS_SCHEMA) for t in arrow_batches(ds)), path, ANSWERS_SCHEMA)
 

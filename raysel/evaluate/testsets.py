@@ -79,6 +79,8 @@ def read_testset(path: Path, name: str | None = None) -> list[Prompt]:
             if not isinstance(instruction, str) or not instruction.strip():
                 raise InputError(f"{where}: empty prompt in the {name} test set; remove the line or fill it in")
             prompts.append(Prompt(testset=name, id=pid or str(line_no), instruction=instruction, input=context))
+    if not prompts:
+        raise InputError(f"{path}: the {name} test set has no prompt; fill it in or leave {name} out of --test-sets")
     return prompts
 
 

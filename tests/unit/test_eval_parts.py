@@ -53,6 +53,8 @@ def _cfg(**overrides) -> EvalConfig:
         ({"train_sets": THREE_SETS | {"r2": "random:rand"}},
          r"train_sets.r2: 'random:rand' must name a set that is a file, one of \['full', 'sel'\]"),
         ({"train_sets": {"full": "a.json", "a/b": "b.json"}}, r"name 'a/b' must be letters, digits"),
+        ({"train_sets": {"full": "a.json", "..": "b.json"}}, r"name '\.\.' must be letters"),
+        ({"train_sets": {"full": "a.json", "a_vs_b": "b.json"}}, r"without '_vs_'"),
         ({"train_sets": {"full": "a.json", "sel": ""}}, r"train_sets.sel: expected a path or random:NAME"),
         ({"baseline": "all"}, r"eval.baseline 'all' is not a training set: \['full', 'sel'\]"),
         ({"train_sets": THREE_SETS, "baseline": "rand"}, r"baseline set 'rand' must be a file, not 'random:sel'"),
@@ -233,6 +235,24 @@ def test_training_tables_drop_the_heldout_rows_everywhere() -> None:
     assert sets["sel"] == {"source": "b.json", "heldout_removed": 3, "train_rows": 4}  # no metadata: no counts
     assert sets["rand"] == {"source": "random:sel", "rows_read": 4, "rejected": 0, "heldout_removed": 0,
                             "train_rows": 4}  # fmt: skip
+
+
+def test_a_set_left_empty_by_the_heldout_split_stops_with_the_fix() -> None:
+    base = _baseline(6)
+    cfg = _cfg(heldout_rows=2)
+    read = {"full": base, "sel": base.slice(0, 1)}
+    held = {base[S.ID][i].as_py() for i in range(6)} - {base[S.ID][1].as_py()}  # row 0 (sel's only row) held out
+    with pytest.raises(InputError, match="training set 'sel' has no row left.*lower --heldout_rows"):
+        _training_tables(cfg, read, held)
+
+
+def test_an_empty_test_set_stops_with_its_path(tmp_path: Path) -> None:
+    from raysel.evaluate.testsets import read_testset
+
+    path = tmp_path / "koala.jsonl"
+    path.write_text("\n")
+    with pytest.raises(InputError, match=r"koala.jsonl: the koala test set has no prompt"):
+        read_testset(path)
 
 
 def test_random_control_samples_the_baseline_training_rows() -> None:
