@@ -1,4 +1,4 @@
-"""The `raysel` command: select, score, report, eval, demo. Every flag is a config field (`--score.batch_size 32`).
+"""The `raysel` command: select, score, report, eval, agree, demo. Every flag is a config field (--score.batch_size 8).
 
 Run: raysel select --method ifd --input data.json --output runs/x --ratio 0.1
 """
@@ -88,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--resume", action="store_true", help="continue the eval in --output though its config changed")
     ev.add_argument("--overwrite", action="store_true", help="delete the eval in --output and start again")
     ev.add_argument("--seed")
+    ag = sub.add_parser("agree", help="can a small scorer stand in for the large one? score a sample with both")
+    ag.add_argument("--config", help="YAML file of AgreeConfig fields; flags override it")
+    ag.add_argument("--input", help="corpus: file, directory, glob or s3:// / gs:// URI")
+    ag.add_argument("--output", help="agreement directory")
+    ag.add_argument("--small", help="the cheap scorer's model (small.model)")
+    ag.add_argument("--large", help="the scorer it stands in for (large.model)")
+    ag.add_argument("--sample", help="rows drawn from the corpus (default 2000)")
+    ag.add_argument("--ratio", help="the selections compared: top ratio of rows with IFD <= 1 (default 0.1)")
+    ag.add_argument("--template", help="prompt template of both scorers (alpaca, wiz, chat)")
+    ag.add_argument("--seed")
+    ag.add_argument("--resume", action="store_true", help="continue the run in --output though its config changed")
+    ag.add_argument("--overwrite", action="store_true", help="delete the run in --output and start again")
     demo = sub.add_parser("demo", help="build a corpus offline from Python's docs and select from it")
     demo.add_argument("--output", default="runs/demo", help="run directory (default runs/demo)")
     demo.add_argument("--rows", type=int, default=160, help="rows in the demo corpus (default 160)")
@@ -209,12 +221,34 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _agree(args: argparse.Namespace, extra: list[str]) -> int:
+    from raysel.config import load_agree_config
+
+    flags = {"input": "data.input", "output": "output", "small": "small.model", "large": "large.model",
+             "sample": "sample", "ratio": "ratio", "seed": "seed"}  # fmt: skip
+    values = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
+    if args.template is not None:
+        values |= {"small.template": args.template, "large.template": args.template}
+    try:
+        cfg = load_agree_config(args.config, values | _overrides(argparse.Namespace(), extra))
+        from raysel.agree.run import run_agree
+
+        result = run_agree(cfg, resume=args.resume, overwrite=args.overwrite)
+    except Exception as e:
+        return _failed(e)
+    print(f"raysel: {result.result['verdict']}")
+    print(f"raysel: wrote agreement.json and report.html in {cfg.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     if args.command == "report":
         return _report(args.run_dir, extra)
     if args.command == "eval":
         return _eval(args, extra)
+    if args.command == "agree":
+        return _agree(args, extra)
     try:
         if args.command == "demo":
             cfg = _demo(args, extra)

@@ -591,6 +591,43 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True, kw_only=True)
+class AgreeConfig:
+    """`raysel agree`: score one seeded sample of the corpus with a small and a large scorer; compare them."""
+
+    output: str = ""
+    """Directory: config.yaml, agreement.json, report.html, steps/."""
+    seed: int = 0
+    """Seeds the sample and the bootstrap."""
+    sample: int = 2000
+    """Rows drawn (seeded, without replacement) from the corpus's good rows; all of them if fewer."""
+    ratio: float = 0.1
+    """The selection compared: each scorer's top `ratio` of the rows with IFD <= 1 (raysel select's rule)."""
+    bootstrap: int = 1000
+    """Paired bootstrap resamples for the 95% intervals (0: no intervals)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The corpus (data.input) and how it is read."""
+    small: ScoreConfig = field(default_factory=ScoreConfig)
+    """The cheap scorer (model, backend, resources): its own actor pool."""
+    large: ScoreConfig = field(default_factory=ScoreConfig)
+    """The scorer it stands in for (usually the model to be trained)."""
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            raise ConfigError("output is required: the agreement directory (--output DIR)")
+        if not self.data.input:
+            raise ConfigError("data.input is required: a corpus file, directory or glob (--input PATH)")
+        if self.sample < 2:
+            raise ConfigError(f"sample must be at least 2 rows, got {self.sample}")
+        if not 0 < self.ratio <= 1:
+            raise ConfigError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.bootstrap < 0:
+            raise ConfigError(f"bootstrap must be >= 0 resamples, got {self.bootstrap}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _accepts_str(tp: Any) -> bool:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -692,6 +729,11 @@ def load_eval_config(path: str | Path | None = None, overrides: dict[str, Any] |
     return build(EvalConfig, _tree(path, overrides))
 
 
+def load_agree_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AgreeConfig:
+    """Resolve an AgreeConfig (`raysel agree`) from an optional YAML file plus dotted overrides."""
+    return build(AgreeConfig, _tree(path, overrides))
+
+
 def _tree(path: str | Path | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     if path:
@@ -722,5 +764,5 @@ def _method_defaults(tree: dict[str, Any]) -> None:
         set_dotted(tree, "select.ratio", 0.2)
 
 
-def dump_yaml(cfg: RunConfig | EvalConfig) -> str:
+def dump_yaml(cfg: RunConfig | EvalConfig | AgreeConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
