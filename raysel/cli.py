@@ -25,6 +25,9 @@ SHORTCUTS = {
     "max_length": "score.max_length",
     "limit": "data.limit",
     "seed": "seed",
+    "scorer_model": "score.model",
+    "target_model": "select.target_model",
+    "agreement": "select.agreement",
 }
 
 
@@ -56,6 +59,13 @@ def _common(p: argparse.ArgumentParser, *, selecting: bool) -> None:
     )
     if selecting:
         p.add_argument("--method", help="ifd (default), iterit or iterselecttune")
+        p.add_argument(
+            "--scorer-model",
+            dest="scorer_model",
+            help="ifd: score with this (smaller) model instead of the one to be trained (= --model)",
+        )
+        p.add_argument("--target-model", dest="target_model", help="ifd: the model the selection will train (manifest)")
+        p.add_argument("--agreement", help="ifd: a `raysel agree` directory for the scorer / target pair (manifest)")
         group = p.add_mutually_exclusive_group()
         group.add_argument(
             "--ratio",

@@ -439,6 +439,12 @@ class SelectConfig:
     iterselecttune: the budget, a fraction of the rows (default 0.2, the paper's)."""
     k: int | None = None
     """Keep exactly this many rows (or all that pass, if fewer)."""
+    target_model: str | None = None
+    """The model the selection will train, when the scorer (score.model) is another, smaller one; recorded in
+    the manifest. Default: score.model (the IFD paper scores with the model it tunes)."""
+    agreement: str | None = None
+    """A `raysel agree` directory for this pair (small = score.model, large = target_model): its verdict and
+    statistics are copied into the manifest, so the selection carries the evidence that its scorer stands in."""
 
     def __post_init__(self) -> None:
         if self.ratio is not None and self.k is not None:

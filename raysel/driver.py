@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysel import schema as S
+from raysel.agree.lineage import read_agreement, scorer_section
 from raysel.config import RunConfig, ScoreConfig, dump_yaml
 from raysel.dedupe import exact_report, find_duplicates, near_duplicates
 from raysel.io import (
@@ -134,6 +135,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
     from raysel.stages.score import IfdScoreStage
 
     files = expand_input(cfg.data.input)  # a wrong --input fails here, before Ray starts
+    read_agreement(cfg)  # so does a select.agreement directory without an agreement.json
     rd = rundir.open_run(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite)
     out = rd.local
     for stale in ("manifest.json", "selected.jsonl", "report.html"):  # an earlier run's must not pass for this one's
@@ -216,6 +218,8 @@ def _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, ext
     steps.timings["write"] = round(time.perf_counter() - start, 3)
     manifest |= {**extra, "timings_s": steps.timings, "ray": cluster, "driver_peak_rss_mb": _peak_rss_mb()}
     manifest["tables"] = {"scored": Path(scored).relative_to(out).as_posix(), "texts": "steps/texts.parquet"}
+    if cfg.select.method == "ifd":
+        manifest["scorer"] = scorer_section(cfg, read_agreement(cfg))
     if "report.html" not in manifest["outputs"]:
         manifest["outputs"] = sorted([*manifest["outputs"], "report.html"])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

@@ -51,3 +51,29 @@ def test_two_different_scorers_and_the_seeded_sample(ray_local, tmp_path: Path) 
     large = pq.read_table(tmp_path / "a" / "steps" / "score_large.parquet")[S.SCORE_IFD].to_numpy()
     assert len(small) == 25 and not np.array_equal(small, large)  # the templates differ, so the scores do
     assert a["spearman"]["value"] == pytest.approx(spearman(small.astype(float), large.astype(float)))
+
+
+def test_a_selection_scored_by_a_small_model_carries_its_agreement(ray_local, tmp_path: Path, capsys) -> None:
+    rows = [{"instruction": f"task {i} " + "word " * (i % 7), "input": "", "output": f"answer {i} " * (1 + i % 5)}
+            for i in range(30)]  # fmt: skip
+    corpus = tmp_path / "rows.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    agree = tmp_path / "agree"
+    assert main(["agree", "--input", str(corpus), "--output", str(agree), "--small", "tiny-scorer", "--large",
+                 "big-target", "--small.backend", "fake", "--large.backend", "fake", "--large.template", "wiz",
+                 "--bootstrap", "20"]) == 0  # fmt: skip
+    select = ["select", "--input", str(corpus), "--backend", "fake", "--scorer-model", "tiny-scorer", "--k", "5"]
+    assert main([*select, "--output", str(tmp_path / "s"), "--target-model", "big-target",
+                 "--agreement", str(agree)]) == 0  # fmt: skip
+    scorer = json.loads((tmp_path / "s" / "manifest.json").read_text())["scorer"]
+    figures = json.loads((agree / "agreement.json").read_text())
+    assert scorer["model"] == "tiny-scorer" and scorer["target_model"] == "big-target" and not scorer["same"]
+    assert scorer["agreement"]["matches"] and scorer["agreement"]["top_recall"] == figures["top_recall"]
+    assert scorer["agreement"]["verdict"] == figures["verdict"]
+    # the pair of another agreement run is recorded as not matching, with a warning
+    assert main([*select, "--output", str(tmp_path / "s2"), "--target-model", "other", "--agreement", str(agree)]) == 0
+    assert not json.loads((tmp_path / "s2" / "manifest.json").read_text())["scorer"]["agreement"]["matches"]
+    assert "not this run's scorer tiny-scorer with target other" in capsys.readouterr().out
+    # a directory without agreement.json stops before any work
+    assert main([*select, "--output", str(tmp_path / "s3"), "--agreement", str(tmp_path)]) == 2
+    assert "agreement.json does not exist" in capsys.readouterr().err and not (tmp_path / "s3").exists()
