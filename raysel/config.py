@@ -444,7 +444,8 @@ class SelectConfig:
     the manifest. Default: score.model (the IFD paper scores with the model it tunes)."""
     agreement: str | None = None
     """A `raysel agree` directory for this pair (small = score.model, large = target_model): its verdict and
-    statistics are copied into the manifest, so the selection carries the evidence that its scorer stands in."""
+    statistics are copied into the manifest, so the selection carries the evidence that its scorer stands in.
+    Default: the newest agreement run for this pair beside the output directory, if any (raysel.agree.lineage)."""
 
     def __post_init__(self) -> None:
         if self.ratio is not None and self.k is not None:

@@ -135,7 +135,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
     from raysel.stages.score import IfdScoreStage
 
     files = expand_input(cfg.data.input)  # a wrong --input fails here, before Ray starts
-    read_agreement(cfg)  # so does a select.agreement directory without an agreement.json
+    agreement = read_agreement(cfg)  # so does a select.agreement directory without an agreement.json
     rd = rundir.open_run(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite)
     out = rd.local
     for stale in ("manifest.json", "selected.jsonl", "report.html"):  # an earlier run's must not pass for this one's
@@ -179,7 +179,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         res = run_iterselecttune(cfg, out, rows, key, steps.timings)
         return _write(cfg, out, summary, dropped, res.scored, select, steps, cluster, rows,
                       {"duplicates": duplicates, "iterselecttune": res.section}, res.selection)  # fmt: skip
-    score_cfg, extra = cfg.score, {}
+    score_cfg, extra = cfg.score, {"scorer": scorer_section(cfg, agreement)}
     if cfg.pre_experience.enabled and parsed > len(dropped):
         model, extra["pre_experience"] = pre_experience(cfg, steps, rows, key)
         # The run directory's twin in a remote store when there is one: scoring actors on other nodes load it.
@@ -218,8 +218,6 @@ def _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, ext
     steps.timings["write"] = round(time.perf_counter() - start, 3)
     manifest |= {**extra, "timings_s": steps.timings, "ray": cluster, "driver_peak_rss_mb": _peak_rss_mb()}
     manifest["tables"] = {"scored": Path(scored).relative_to(out).as_posix(), "texts": "steps/texts.parquet"}
-    if cfg.select.method == "ifd":
-        manifest["scorer"] = scorer_section(cfg, read_agreement(cfg))
     if "report.html" not in manifest["outputs"]:
         manifest["outputs"] = sorted([*manifest["outputs"], "report.html"])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

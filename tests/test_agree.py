@@ -74,6 +74,13 @@ def test_a_selection_scored_by_a_small_model_carries_its_agreement(ray_local, tm
     assert main([*select, "--output", str(tmp_path / "s2"), "--target-model", "other", "--agreement", str(agree)]) == 0
     assert not json.loads((tmp_path / "s2" / "manifest.json").read_text())["scorer"]["agreement"]["matches"]
     assert "not this run's scorer tiny-scorer with target other" in capsys.readouterr().out
+    # without --agreement, the run's lineage (the runs beside its output) is searched for this pair's agreement
+    assert main([*select, "--output", str(tmp_path / "s4"), "--target-model", "big-target"]) == 0
+    found = json.loads((tmp_path / "s4" / "manifest.json").read_text())["scorer"]["agreement"]
+    assert found["dir"] == str(agree.resolve()) and found["matches"] and found["verdict"] == figures["verdict"]
+    assert f"scorer agreement: using {agree.resolve()}" in capsys.readouterr().out
+    assert main([*select, "--output", str(tmp_path / "s5"), "--target-model", "unmeasured"]) == 0
+    assert "agreement" not in json.loads((tmp_path / "s5" / "manifest.json").read_text())["scorer"]
     # a directory without agreement.json stops before any work
     assert main([*select, "--output", str(tmp_path / "s3"), "--agreement", str(tmp_path)]) == 2
     assert "agreement.json does not exist" in capsys.readouterr().err and not (tmp_path / "s3").exists()
