@@ -122,3 +122,25 @@ def test_cli_pre_experience_real_model(shared_data: Path, ray_local, tmp_path: P
     selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
     assert len(selected) == c["selected"] == int(0.25 * c["passed"]) > 0
     assert all(r["score_ifd"] <= 1 for r in selected)
+    # Issue 9's real, imperfect pair: the base SmolLM2 standing in for the pre-experienced one, on one sample.
+    agree = tmp_path / "agree"
+    pre_model = out / "steps" / "pre_model"
+    argv = ["agree", "--input", str(shared_data / "alpaca_gpt4_1k.json"), "--output", str(agree), "--data.limit",
+            "24", "--sample", "12", "--ratio", "0.25", "--small", "smollm2", "--large", str(pre_model),
+            "--small.max_length", "128", "--large.max_length", "128", "--small.threads", "2", "--large.threads", "2",
+            "--bootstrap", "50"]  # fmt: skip
+    assert main(argv) == 0
+    r = json.loads((agree / "agreement.json").read_text())
+    assert (r["rows"], r["both_scored"], r["small"]["model"], r["large"]["model"]) == (
+        12,
+        12,
+        "smollm2",
+        str(pre_model),
+    )
+    small = pq.read_table(agree / "steps" / "score_small.parquet")[S.SCORE_IFD].to_numpy()
+    large = pq.read_table(agree / "steps" / "score_large.parquet")[S.SCORE_IFD].to_numpy()
+    assert not np.allclose(small, large, rtol=0, atol=1e-6)  # one step of SFT moved the scores
+    for name in ("spearman", "kendall", "top_jaccard", "top_recall", "filter_agreement"):
+        assert -1 <= r[name]["low"] <= r[name]["value"] <= r[name]["high"] <= 1, name
+    assert r["small"]["tokens"] == r["large"]["tokens"] > 0  # one tokenizer, the same rows
+    assert r["verdict"].startswith("the small scorer recovers")

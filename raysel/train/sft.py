@@ -186,10 +186,13 @@ def train_step(
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
-    """Linear warmup over ceil(warmup_ratio x total) steps, then cosine decay to 0 (transformers' schedule)."""
+    """Linear warmup over ceil(warmup_ratio x total) steps, then cosine decay to 0 (transformers' schedule),
+    except that the warmup leaves the last step out: transformers' first warmup step has LR 0, so a 1-step run
+    (a small pre-experience sample at batch 8) would return the model unchanged."""
     from transformers import get_cosine_schedule_with_warmup
 
-    return get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    warmup = min(math.ceil(cfg.warmup_ratio * total_steps), max(total_steps - 1, 0))
+    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
 def load_model(path: str, cfg: TrainConfig) -> torch.nn.Module:
