@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raysel.config import EvalConfig, RunConfig, load_config, load_eval_config
+from raysel.config import AgreeConfig, EvalConfig, RunConfig, load_agree_config, load_config, load_eval_config
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 JOB_FILES = sorted(JOBS.rglob("*.yaml")) if JOBS.is_dir() else []
@@ -21,6 +21,10 @@ def test_job_loads(path: Path) -> None:
     if path.parent.name == "eval":  # `raysel eval` files
         ev = load_eval_config(path)
         assert isinstance(ev, EvalConfig) and ev.output and len(ev.pairs()) >= 1
+        return
+    if path.parent.name == "agree":  # `raysel agree` files
+        ag = load_agree_config(path)
+        assert isinstance(ag, AgreeConfig) and ag.output and ag.data.input and ag.small.model != ag.large.model
         return
     cfg = load_config(path)
     assert isinstance(cfg, RunConfig)

@@ -103,3 +103,23 @@ def test_a_model_in_the_bucket_loads_on_any_node(bucket, tiny_hf_model: str, tmp
     assert again != local and (Path(again) / "train_summary.json").is_file()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model("s3://runs/ev/models/none")
+
+
+def test_a_selection_in_the_bucket_finds_its_scorer_agreement_there(ray_local, bucket, capsys) -> None:
+    """raysel agree writes to the bucket; a select run beside it records that agreement, found or named."""
+    agree = ["agree", "--input", str(TINY), "--output", "s3://runs/proj/ag", "--small", "tiny-scorer", "--large",
+             "big-target", "--small.backend", "fake", "--large.backend", "fake", "--large.template", "wiz",
+             "--sample", "12", "--bootstrap", "20"]  # fmt: skip
+    assert main(agree) == 0
+    figures = json.loads(_get(bucket, "proj/ag/agreement.json"))
+    select = ["select", "--input", str(TINY), "--backend", "fake", "--scorer-model", "tiny-scorer", "--target-model",
+              "big-target", "--k", "3"]  # fmt: skip
+    assert main([*select, "--output", "s3://runs/proj/sel"]) == 0
+    found = json.loads(_get(bucket, "proj/sel/manifest.json"))["scorer"]["agreement"]
+    assert found["dir"] == "s3://runs/proj/ag" and found["matches"] and found["verdict"] == figures["verdict"]
+    assert "scorer agreement: using s3://runs/proj/ag" in capsys.readouterr().out
+    assert main([*select, "--output", "s3://runs/other/sel", "--agreement", "s3://runs/proj/ag"]) == 0
+    named = json.loads(_get(bucket, "other/sel/manifest.json"))["scorer"]["agreement"]
+    assert named["dir"] == "s3://runs/proj/ag" and named["top_recall"] == figures["top_recall"]
+    assert main([*select, "--output", "s3://runs/other/sel2", "--agreement", "s3://runs/proj/none"]) == 2
+    assert "s3://runs/proj/none/agreement.json does not exist" in capsys.readouterr().err

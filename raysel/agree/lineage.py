@@ -2,7 +2,8 @@
 says the first can stand in for the second.
 
 The agreement run is select.agreement when given. Otherwise raysel looks in the run's lineage, the output
-directory's parent, where a project keeps its runs side by side (runs/agree-small-vs-7b, runs/select-10pct):
+directory's parent (local or in a bucket), where a project keeps its runs side by side (runs/agree-small-vs-7b,
+runs/select-10pct):
 the newest `raysel agree` directory whose pair is (score.model, target model) is used, and named."""
 
 from __future__ import annotations
@@ -25,21 +26,49 @@ def _target(cfg: RunConfig) -> str:
     return cfg.select.target_model or cfg.score.model
 
 
-def _discover(cfg: RunConfig) -> dict[str, Any] | None:
-    """The newest agreement run for this pair beside the output directory (local outputs only)."""
-    if "://" in cfg.output:
+def _fs(uri: str) -> tuple[Any, str]:
+    """pyarrow FileSystem and path of a local or remote (s3://, gs://) directory."""
+    import pyarrow.fs as pafs
+
+    from raysel.rundir import is_remote
+
+    if is_remote(uri):
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), Path(uri).resolve().as_posix()
+
+
+def _read(fs: Any, path: str) -> dict[str, Any] | None:
+    """An agreement.json's content, or None when it is absent or not an agreement."""
+    try:
+        with fs.open_input_stream(path) as f:
+            data = json.loads(f.read().decode())
+    except (OSError, ValueError):
         return None
-    out = Path(cfg.output).resolve()
+    return data if isinstance(data, dict) else None
+
+
+def _discover(cfg: RunConfig) -> dict[str, Any] | None:
+    """The newest agreement run for this pair beside the output directory (local or in a bucket)."""
+    import pyarrow.fs as pafs
+
+    fs, out = _fs(cfg.output)
+    parent = out.rstrip("/").rpartition("/")[0]
+    if not parent:
+        return None
+    prefix = cfg.output.rstrip("/").rpartition("/")[0] if "://" in cfg.output else parent
     pair, found = (cfg.score.model, _target(cfg)), []
-    for path in out.parent.glob("*/agreement.json"):
-        if path.parent == out:
+    try:
+        siblings = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    except OSError:
+        return None  # an unlistable parent (a bucket root without list rights): nothing to discover
+    for info in siblings:
+        if info.type != pafs.FileType.Directory or info.path.rstrip("/") == out.rstrip("/"):
             continue
-        try:
-            agreement = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # an unreadable file beside the run is not this run's concern
-        if isinstance(agreement, dict) and _pair(agreement) == pair:
-            found.append((path.stat().st_mtime, str(path.parent), agreement))
+        path = f"{info.path}/agreement.json"
+        stat = fs.get_file_info(path)
+        agreement = _read(fs, path) if stat.type == pafs.FileType.File else None
+        if agreement is not None and _pair(agreement) == pair:
+            found.append((stat.mtime_ns or 0, f"{prefix}/{info.base_name}", agreement))
     if not found:
         return None
     _, where, agreement = max(found, key=lambda f: (f[0], f[1]))
@@ -54,12 +83,15 @@ def read_agreement(cfg: RunConfig) -> dict[str, Any] | None:
         return None
     if cfg.select.agreement is None:
         return _discover(cfg)
-    path = Path(cfg.select.agreement) / "agreement.json"
-    if not path.is_file():
+    fs, root = _fs(cfg.select.agreement)
+    agreement = _read(fs, f"{root.rstrip('/')}/agreement.json")
+    if agreement is None:
+        where = f"{cfg.select.agreement.rstrip('/')}/agreement.json"
         raise ConfigError(
-            f"select.agreement: {path} does not exist; give the output directory of a finished `raysel agree` run"
+            f"select.agreement: {where} does not exist or is not JSON; give the output directory of a finished "
+            "`raysel agree` run"
         )
-    return json.loads(path.read_text()) | {"dir": cfg.select.agreement}
+    return agreement | {"dir": cfg.select.agreement}
 
 
 def scorer_section(cfg: RunConfig, agreement: dict[str, Any] | None) -> dict[str, Any]:

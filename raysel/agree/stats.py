@@ -8,6 +8,7 @@ scorer recovers X% of the large scorer's picks" means what `raysel select` would
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,7 +77,8 @@ def bootstrap(
     n = len(a)
     draws = np.array([fn(a[idx], b[idx]) for idx in (rng.integers(0, n, n) for _ in range(rounds))])
     tail = (1 - level) / 2 * 100
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a statistic undefined in every resample: NaN, no noise
         return np.nanpercentile(draws, tail, axis=0), np.nanpercentile(draws, 100 - tail, axis=0)
 
 
