@@ -62,7 +62,8 @@ def _common(p: argparse.ArgumentParser, *, selecting: bool) -> None:
         p.add_argument(
             "--scorer-model",
             dest="scorer_model",
-            help="ifd: score with this (smaller) model instead of the one to be trained (= --model)",
+            help="ifd: score with this (smaller) model; the model to be trained is then --target-model, else "
+            "--model, else the job file's score.model",
         )
         p.add_argument("--target-model", dest="target_model", help="ifd: the model the selection will train (manifest)")
         p.add_argument("--agreement", help="ifd: a `raysel agree` directory for the scorer / target pair (manifest)")
@@ -107,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     ag.add_argument("--sample", help="rows drawn from the corpus (default 2000)")
     ag.add_argument("--ratio", help="the selections compared: top ratio of rows with IFD <= 1 (default 0.1)")
     ag.add_argument("--template", help="prompt template of both scorers (alpaca, wiz, chat)")
+    ag.add_argument("--bootstrap", help="paired bootstrap resamples for the 95%% intervals (default 1000)")
     ag.add_argument("--seed")
     ag.add_argument("--resume", action="store_true", help="continue the run in --output though its config changed")
     ag.add_argument("--overwrite", action="store_true", help="delete the run in --output and start again")
@@ -142,6 +144,23 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
             if value is None:
                 raise ConfigError(f"--{key} needs a value")
         values[key.replace("-", "_")] = value
+    return values
+
+
+def _trained_model(args: argparse.Namespace, values: dict[str, Any]) -> dict[str, Any]:
+    """--scorer-model replaces score.model; the model it replaces (--model, else the job file's score.model) is
+    then the one to be trained, unless --target-model names another."""
+    scorer = getattr(args, "scorer_model", None)
+    if scorer is None or values.get("select.target_model") is not None:
+        return values
+    trained = args.model
+    if trained is None and args.config:
+        from raysel.config import _tree
+
+        tree = _tree(args.config, None)
+        trained = tree.get("score", {}).get("model") if isinstance(tree.get("score"), dict) else None
+    if trained is not None and str(trained) != scorer:
+        values["select.target_model"] = str(trained)
     return values
 
 
@@ -235,7 +254,7 @@ def _agree(args: argparse.Namespace, extra: list[str]) -> int:
     from raysel.config import load_agree_config
 
     flags = {"input": "data.input", "output": "output", "small": "small.model", "large": "large.model",
-             "sample": "sample", "ratio": "ratio", "seed": "seed"}  # fmt: skip
+             "sample": "sample", "ratio": "ratio", "seed": "seed", "bootstrap": "bootstrap"}  # fmt: skip
     values = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
     if args.template is not None:
         values |= {"small.template": args.template, "large.template": args.template}
@@ -263,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             cfg = _demo(args, extra)
         else:
-            cfg = load_config(args.config, _overrides(args, extra))
+            cfg = load_config(args.config, _trained_model(args, _overrides(args, extra)))
         from raysel.driver import run
 
         result = run(

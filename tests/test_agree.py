@@ -51,6 +51,12 @@ def test_two_different_scorers_and_the_seeded_sample(ray_local, tmp_path: Path) 
     large = pq.read_table(tmp_path / "a" / "steps" / "score_large.parquet")[S.SCORE_IFD].to_numpy()
     assert len(small) == 25 and not np.array_equal(small, large)  # the templates differ, so the scores do
     assert a["spearman"]["value"] == pytest.approx(spearman(small.astype(float), large.astype(float)))
+    # another ratio reuses both scores (no scorer starts) and still reports the costs measured when they ran
+    assert main([*base, "--output", str(tmp_path / "a"), "--ratio", "0.3", "--resume"]) == 0
+    again = json.loads((tmp_path / "a" / "agreement.json").read_text())
+    assert again["timings_s"]["score_small"].startswith("skipped") and again["ratio"] == 0.3
+    assert again["small"] == a["small"] and again["large"] == a["large"] and a["small"]["rows_per_s"] > 0
+    assert a["small"]["scoring"]["template"] == "wiz" and a["data"]["input"] == str(corpus)
 
 
 def test_a_selection_scored_by_a_small_model_carries_its_agreement(ray_local, tmp_path: Path, capsys) -> None:
@@ -70,6 +76,12 @@ def test_a_selection_scored_by_a_small_model_carries_its_agreement(ray_local, tm
     assert scorer["model"] == "tiny-scorer" and scorer["target_model"] == "big-target" and not scorer["same"]
     assert scorer["agreement"]["matches"] and scorer["agreement"]["top_recall"] == figures["top_recall"]
     assert scorer["agreement"]["verdict"] == figures["verdict"]
+    assert scorer["agreement"]["same_corpus"] and scorer["agreement"]["same_scoring"]
+    # measured with other scorer settings: recorded and noted
+    assert main([*select, "--output", str(tmp_path / "s1"), "--target-model", "big-target", "--agreement",
+                 str(agree), "--max-length", "64"]) == 0  # fmt: skip
+    assert not json.loads((tmp_path / "s1" / "manifest.json").read_text())["scorer"]["agreement"]["same_scoring"]
+    assert "small scorer had other settings" in capsys.readouterr().out
     # the pair of another agreement run is recorded as not matching, with a warning
     assert main([*select, "--output", str(tmp_path / "s2"), "--target-model", "other", "--agreement", str(agree)]) == 0
     assert not json.loads((tmp_path / "s2" / "manifest.json").read_text())["scorer"]["agreement"]["matches"]

@@ -141,6 +141,6 @@ def test_cli_pre_experience_real_model(shared_data: Path, ray_local, tmp_path: P
     large = pq.read_table(agree / "steps" / "score_large.parquet")[S.SCORE_IFD].to_numpy()
     assert not np.allclose(small, large, rtol=0, atol=1e-6)  # one step of SFT moved the scores
     for name in ("spearman", "kendall", "top_jaccard", "top_recall", "filter_agreement"):
-        assert -1 <= r[name]["low"] <= r[name]["value"] <= r[name]["high"] <= 1, name
+        assert -1 <= r[name]["low"] <= r[name]["high"] <= 1 and -1 <= r[name]["value"] <= 1, name
     assert r["small"]["tokens"] == r["large"]["tokens"] > 0  # one tokenizer, the same rows
     assert r["verdict"].startswith("the small scorer recovers")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raysel.config import ConfigError, RunConfig
+from raysel.io import json_safe
 
 COPIED = ("verdict", "rows", "both_scored", "ratio", "spearman", "kendall", "top_jaccard", "top_recall",
           "filter_agreement")  # fmt: skip
@@ -20,6 +21,11 @@ COPIED = ("verdict", "rows", "both_scored", "ratio", "spearman", "kendall", "top
 
 def _pair(agreement: dict[str, Any]) -> tuple[Any, Any]:
     return agreement.get("small", {}).get("model"), agreement.get("large", {}).get("model")
+
+
+def _as_json(obj: Any) -> Any:
+    """obj as agreement.json holds it after a round trip (tuples as lists, NaN as null)."""
+    return json.loads(json.dumps(json_safe(obj), default=str))
 
 
 def _target(cfg: RunConfig) -> str:
@@ -99,11 +105,24 @@ def scorer_section(cfg: RunConfig, agreement: dict[str, Any] | None) -> dict[str
     target = _target(cfg)
     out: dict[str, Any] = {"model": cfg.score.model, "target_model": target, "same": target == cfg.score.model}
     if agreement is not None:
+        from raysel.driver import scoring_identity
+
         pair = _pair(agreement)
+        measured_on = agreement.get("data", {}).get("input")
+        settings = agreement.get("small", {}).get("scoring")
         out["agreement"] = {"dir": agreement["dir"], "small": pair[0], "large": pair[1],
-                            "matches": pair == (cfg.score.model, target),
+                            "matches": pair == (cfg.score.model, target), "corpus": measured_on,
+                            "same_corpus": measured_on == cfg.data.input,
+                            "same_scoring": settings == _as_json(scoring_identity(cfg.score)),
                             **{k: agreement[k] for k in COPIED if k in agreement}}  # fmt: skip
-        if not out["agreement"]["matches"]:
+        a = out["agreement"]
+        if not a["matches"]:
             print(f"[raysel] warning: select.agreement compares {pair[0]} with {pair[1]}, not this run's scorer "
                   f"{cfg.score.model} with target {target}")  # fmt: skip
+        if not a["same_corpus"]:
+            print(f"[raysel] note: the scorer agreement was measured on {measured_on}, this run selects from "
+                  f"{cfg.data.input}")  # fmt: skip
+        if not a["same_scoring"]:
+            print("[raysel] note: the scorer agreement's small scorer had other settings (template, max_length, "
+                  f"backend, dtype ...) than this run's score section; see {a['dir']}/config.yaml")  # fmt: skip
     return out

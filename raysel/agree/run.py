@@ -70,35 +70,54 @@ def run_agree(cfg: AgreeConfig, *, resume: bool = False, overwrite: bool = False
     scored, costs = {}, {}
     for which in ("small", "large"):
         score_cfg: ScoreConfig = getattr(cfg, which)
-        path = steps.run(f"score_{which}", key | {"score": scoring_identity(score_cfg)},
-                         lambda p, c=score_cfg: _score(sample, c, p))  # fmt: skip
+        name, identity = f"score_{which}", scoring_identity(score_cfg)
+        seconds = steps.dir / f"{name}.seconds.json"  # the step's wall time, kept for reruns that skip it
+        path = steps.run(name, key | {"score": identity, "model_files": _model_stamp(score_cfg.model)},
+                         lambda p, c=score_cfg, t=seconds: _score(sample, c, p, t))  # fmt: skip
         scored[which] = pq.read_table(path)
         if not scored[which][S.ID].equals(sample[S.ID]):
             raise RuntimeError(f"{path.name} does not hold the sample's rows in order: delete it and rerun")
-        costs[which] = _cost(score_cfg, scored[which], steps.timings.get(f"score_{which}"))
+        took = json.loads(seconds.read_text()) if seconds.is_file() else None
+        costs[which] = _cost(score_cfg, scored[which], took) | {"scoring": identity}
     ifd = {w: scored[w][S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64) for w in scored}
     result = agreement(ifd["small"], ifd["large"], ratio=cfg.ratio, rounds=cfg.bootstrap, seed=cfg.seed)
     result = {"verdict": verdict(result), **result, "small": costs["small"], "large": costs["large"],
-              "corpus_rows": n, "timings_s": steps.timings, "ray": cluster}  # fmt: skip
+              "data": {"input": cfg.data.input, "limit": cfg.data.limit}, "corpus_rows": n,
+              "timings_s": steps.timings, "ray": cluster}  # fmt: skip
     (out / "agreement.json").write_text(json.dumps(json_safe(result), indent=2, default=str))
     _report(out, ifd, result)
     rundir.sync(final=True)
     return AgreeResult(output=out, result=result)
 
 
-def _score(sample: pa.Table, cfg: ScoreConfig, path: Path) -> int:
+def _model_stamp(model: str) -> list[tuple[str, int, int]] | None:
+    """(file, size, mtime) of a local model directory's config and weights: scores are redone when a model
+    is retrained in place (an HF id or a bucket URI is its own identity: None)."""
+    root = Path(model)
+    if "://" in model or not root.is_dir():
+        return None
+    files = sorted(f for f in root.iterdir() if f.name == "config.json" or f.suffix in (".safetensors", ".bin"))
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+def _score(sample: pa.Table, cfg: ScoreConfig, path: Path, seconds: Path) -> int:
+    import time
+
     import ray.data
 
     from raysel.stages.base import apply
     from raysel.stages.score import IfdScoreStage
 
+    start = time.perf_counter()
     ds = apply(ray.data.from_arrow(sample), IfdScoreStage, cfg, SCORED)
-    return write_parquet_stream(arrow_batches(ds), path)
+    rows = write_parquet_stream(arrow_batches(ds), path)
+    seconds.write_text(json.dumps(round(time.perf_counter() - start, 3)))
+    return rows
 
 
 def _cost(cfg: ScoreConfig, scored: pa.Table, seconds: Any) -> dict[str, Any]:
     """Tokens through the model (conditioned text + answer alone) and the step's rows/s (model load included;
-    None when the step was skipped on a rerun)."""
+    a rerun that skips the step reports the time measured when it ran)."""
     answer = pc.sum(scored[S.N_ANSWER_TOKENS]).as_py() or 0
     prompt = pc.sum(scored[S.PROMPT_TOKENS]).as_py() or 0
     timed = isinstance(seconds, float | int)

@@ -117,7 +117,8 @@ def verdict(result: dict[str, object]) -> str:
         return f"{e['value']:.0%}{interval}"
 
     interval = "" if np.isnan(rho["low"]) else f" [{rho['low']:.2f}, {rho['high']:.2f}]"
+    rho_text = "n/a" if np.isnan(rho["value"]) else f"{rho['value']:.2f}{interval}"
     return (
-        f"the small scorer recovers {pct(rec)} of the large scorer's top {ratio:.0%}; "
-        f"Spearman {rho['value']:.2f}{interval} on {result['both_scored']} rows"
+        f"the small scorer recovers {pct(rec)} of the large scorer's top {ratio * 100:g}%; "
+        f"Spearman {rho_text} on {result['both_scored']} rows"
     )

@@ -42,6 +42,10 @@ def test_identical_scorers_agree_exactly_with_a_degenerate_interval() -> None:
         assert r[name] == pytest.approx({"value": 1.0, "low": 1.0, "high": 1.0}), name
     assert verdict(r) == ("the small scorer recovers 100% [100%, 100%] of the large scorer's top 10%; "
                           "Spearman 1.00 [1.00, 1.00] on 300 rows")  # fmt: skip
+    r = agreement(x, x.copy(), ratio=0.025, rounds=0)
+    assert verdict(r) == "the small scorer recovers 100% of the large scorer's top 2.5%; Spearman 1.00 on 300 rows"
+    flat = agreement(np.full(5, 0.5), np.full(5, 0.5), rounds=0)  # no ranking to correlate
+    assert verdict(flat).endswith("Spearman n/a on 5 rows")
 
 
 def test_unscored_rows_are_counted_and_left_out() -> None:

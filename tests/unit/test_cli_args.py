@@ -156,3 +156,19 @@ def test_dedup_and_pre_experience_flags() -> None:
         load_config(None, _values(*base, "--train.batch_size", "6", "--train.micro_batch_size", "4"))
     with pytest.raises(ConfigError, match="low_pct"):
         load_config(None, _values(*base, "--pre_experience.low_pct", "80", "--pre_experience.high_pct", "20"))
+
+
+def test_scorer_model_leaves_the_replaced_model_as_the_target(tmp_path) -> None:
+    def resolved(*argv: str) -> tuple[str, str | None]:
+        args, extra = _parser().parse_known_args(["select", "--input", "in.jsonl", "--output", "runs/x", *argv])
+        cfg = load_config(args.config, cli._trained_model(args, _overrides(args, extra)))
+        return cfg.score.model, cfg.select.target_model
+
+    assert resolved("--model", "big", "--scorer-model", "small") == ("small", "big")
+    assert resolved("--scorer-model", "small", "--model", "big") == ("small", "big")  # flag order does not matter
+    assert resolved("--model", "big", "--scorer-model", "small", "--target-model", "other") == ("small", "other")
+    assert resolved("--scorer-model", "small") == ("small", None)  # nothing named to train: the scorer's own
+    job = tmp_path / "job.yaml"
+    job.write_text("score: {model: org/big-7b}\n")
+    assert resolved("--config", str(job), "--scorer-model", "small") == ("small", "org/big-7b")
+    assert resolved("--config", str(job), "--scorer-model", "org/big-7b") == ("org/big-7b", None)
