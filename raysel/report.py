@@ -54,7 +54,8 @@ def write_report(run_dir: Path) -> Path:
     scores = _read_scores(run_dir / "scores.parquet")
     parts = [
         _header(run_dir, manifest, scores), _distributions(scores), _rounds(manifest), _coverage(run_dir, scores),
-        _reasons(manifest, scores), _judge(manifest), _timings(manifest), _examples(run_dir, manifest, scores),
+        _reasons(manifest, scores), _scorer(manifest), _judge(manifest), _timings(manifest),
+        _examples(run_dir, manifest, scores),
         _config(manifest),
     ]  # fmt: skip
     title = _e(f"raysel report: {run_dir.name}")
@@ -320,6 +321,26 @@ def _reasons(manifest: dict[str, Any], scores: pa.Table) -> str:
         counts = pc.value_counts(scores[S.SELECT_REASON]).to_pylist()
         right = _table(["select_reason", "rows"], sorted((c["values"], c["counts"]) for c in counts))
     return head + _row(left, right)
+
+
+def _scorer(manifest: dict[str, Any]) -> str:
+    """IFD scored by a model other than the one to be trained: the pair, and the agreement run behind it."""
+    scorer = manifest.get("scorer")
+    if not scorer or (scorer.get("same") and "agreement" not in scorer):
+        return ""
+    head = "<h2>Scorer agreement</h2>"
+    pairs = [("scorer", scorer["model"]), ("target model", scorer["target_model"])]
+    agreement = scorer.get("agreement")
+    if agreement is None:
+        return head + _kv(pairs) + _note("no `raysel agree` run for this pair: the stand-in is unchecked")
+    pairs += [("verdict", agreement.get("verdict")), ("agreement run", agreement["dir"])]
+    pairs += [(k, agreement.get(k)) for k in ("matches", "same_corpus", "same_scoring")]
+    stats = [(k, agreement[k]) for k in ("spearman", "kendall", "top_jaccard", "top_recall", "filter_agreement")
+             if isinstance(agreement.get(k), dict)]  # fmt: skip
+    table = _table(
+        ["statistic", "value", "95% low", "95% high"], [[k, v["value"], v["low"], v["high"]] for k, v in stats]
+    )
+    return head + _row(_kv(pairs), table)
 
 
 def _judge(manifest: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ own actor pool; the statistics on what they scored."""
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -91,8 +92,11 @@ def test_a_selection_scored_by_a_small_model_carries_its_agreement(ray_local, tm
     found = json.loads((tmp_path / "s4" / "manifest.json").read_text())["scorer"]["agreement"]
     assert found["dir"] == str(agree.resolve()) and found["matches"] and found["verdict"] == figures["verdict"]
     assert f"scorer agreement: using {agree.resolve()}" in capsys.readouterr().out
+    page = (tmp_path / "s4" / "report.html").read_text()
+    assert "<h2>Scorer agreement</h2>" in page and html.escape(figures["verdict"]) in page
     assert main([*select, "--output", str(tmp_path / "s5"), "--target-model", "unmeasured"]) == 0
     assert "agreement" not in json.loads((tmp_path / "s5" / "manifest.json").read_text())["scorer"]
+    assert "the stand-in is unchecked" in (tmp_path / "s5" / "report.html").read_text()
     # a directory without agreement.json stops before any work
     assert main([*select, "--output", str(tmp_path / "s3"), "--agreement", str(tmp_path)]) == 2
     assert "agreement.json does not exist" in capsys.readouterr().err and not (tmp_path / "s3").exists()
