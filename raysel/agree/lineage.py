@@ -1,10 +1,10 @@
 """The manifest's "scorer" section: which model scored, which will be trained, and the agreement run that
 says the first can stand in for the second.
 
-The agreement run is select.agreement when given. Otherwise raysel looks in the run's lineage, the output
+The agreement run is select.agreement when given. Otherwise raysel looks in the run's lineage: the output
 directory's parent (local or in a bucket), where a project keeps its runs side by side (runs/agree-small-vs-7b,
-runs/select-10pct):
-the newest `raysel agree` directory whose pair is (score.model, target model) is used, and named."""
+runs/select-10pct). The newest `raysel agree` directory whose pair is (score.model, target model) is used,
+and named in the log."""
 
 from __future__ import annotations
 
