@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from raysel import __version__
 from raysel import schema as S
+from raysel.agree import METRICS
 from raysel.io import iter_parquet, read_columns, take_rows
 
 PLOTTED = (
@@ -335,8 +336,7 @@ def _scorer(manifest: dict[str, Any]) -> str:
         return head + _kv(pairs) + _note("no `raysel agree` run for this pair: the stand-in is unchecked")
     pairs += [("verdict", agreement.get("verdict")), ("agreement run", agreement["dir"])]
     pairs += [(k, agreement.get(k)) for k in ("matches", "same_corpus", "same_scoring")]
-    stats = [(k, agreement[k]) for k in ("spearman", "kendall", "top_jaccard", "top_recall", "filter_agreement")
-             if isinstance(agreement.get(k), dict)]  # fmt: skip
+    stats = [(k, agreement[k]) for k in METRICS if isinstance(agreement.get(k), dict)]
     table = _table(
         ["statistic", "value", "95% low", "95% high"], [[k, v["value"], v["low"], v["high"]] for k, v in stats]
     )

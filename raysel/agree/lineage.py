@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from raysel.agree import METRICS
 from raysel.config import ConfigError, RunConfig
 from raysel.io import json_safe
 
-COPIED = ("verdict", "rows", "both_scored", "ratio", "spearman", "kendall", "top_jaccard", "top_recall",
-          "filter_agreement")  # fmt: skip
+COPIED = ("verdict", "rows", "both_scored", "ratio", *METRICS)
 
 
 def _pair(agreement: dict[str, Any]) -> tuple[Any, Any]:

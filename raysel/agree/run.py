@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysel import schema as S
+from raysel.agree import METRICS
 from raysel.agree.stats import agreement, verdict
 from raysel.config import AgreeConfig, ScoreConfig, dump_yaml
 from raysel.io import LIGHT_CPUS, arrow_batches, expand_input, fingerprint, json_safe, take_rows, write_parquet_stream
@@ -140,8 +141,7 @@ def _report(out: Path, ifd: dict[str, np.ndarray], result: dict[str, Any]) -> No
     ax.axvline(1.0, color="k", linewidth=0.6, linestyle="--")
     ax.axhline(1.0, color="k", linewidth=0.6, linestyle="--")
     _label(ax, f"IFD, large scorer ({result['large']['model']})", f"IFD, small scorer ({result['small']['model']})")
-    names = ("spearman", "kendall", "top_jaccard", "top_recall", "filter_agreement")
-    rows = [[n, result[n]["value"], result[n]["low"], result[n]["high"]] for n in names]
+    rows = [[n, result[n]["value"], result[n]["low"], result[n]["high"]] for n in METRICS]
     costs = [[w, result[w]["model"], result[w]["tokens"], result[w]["rows_per_s"]] for w in ("small", "large")]
     body = (
         f"<h1>raysel agree: {escape(out.name)}</h1><h2>Scorer agreement</h2><p>{escape(result['verdict'])}</p>"

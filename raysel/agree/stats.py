@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from raysel.agree import METRICS
 from raysel.select.topk import select_top_ifd
-
-METRICS = ("spearman", "kendall", "top_jaccard", "top_recall", "filter_agreement")
 
 
 @dataclass(frozen=True)
