@@ -75,16 +75,23 @@ class ScoreConfig:
     """hf: torch device ("cpu", "cuda")."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype."""
-    quantize: Literal["none", "int8"] = "none"
-    """hf on CPU: "int8" = torch dynamic int8 quantization of the Linear layers. Faster, but measured on
-    SmolLM2-135M it reorders rows (Spearman 0.63 vs fp32, benchmarks/RESULTS.md): check it on your model."""
+    quantize: Literal["none", "int8", "smoothquant"] = "none"
+    """hf on CPU, approximate: "int8" = torch dynamic int8 of the Linear layers (1.5x fp32 on SmolLM2-135M, but it
+    reorders rows: Spearman 0.63); "smoothquant" = SmoothQuant scales + per-token int8 activations (1.3x fp32,
+    Spearman 0.992; raysel.backends.quant). Measured in benchmarks/RESULTS.md: check it on your model."""
     threads: int | None = None
     """hf on CPU: batches scored side by side per actor, one torch thread each (faster than one
     multi-threaded forward on small matmuls); default num_cpus rounded up."""
+    packing: bool | None = None
+    """hf: padding-free scoring: rows packed into sequences of up to max_length tokens (token_budget per forward),
+    position ids restarting and attention confined to each row; same scores as padded batches. Default: on
+    for cuda, off on CPU (measured no faster there: length-sorted batches already pad little)."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """vllm: passed through to vllm.LLM (e.g. tensor_parallel_size, gpu_memory_utilization)."""
 
     def __post_init__(self) -> None:
+        if self.packing is None:
+            object.__setattr__(self, "packing", self.device.startswith("cuda"))
         if self.token_budget is None:
             budget = self.max_length if self.device == "cpu" else 32 * self.max_length
             object.__setattr__(self, "token_budget", budget)
@@ -98,8 +105,8 @@ class ScoreConfig:
                 f"score.token_budget={self.token_budget} is below score.max_length={self.max_length}; "
                 "raise it to at least max_length"
             )
-        if self.quantize == "int8" and (self.backend != "hf" or self.device != "cpu"):
-            raise ConfigError("score.quantize=int8 needs score.backend=hf and score.device=cpu")
+        if self.quantize != "none" and (self.backend != "hf" or self.device != "cpu"):
+            raise ConfigError(f"score.quantize={self.quantize} needs score.backend=hf and score.device=cpu")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -114,7 +114,7 @@ def _code_hash() -> str:
 
 
 # Fields that change how fast scoring runs, never its results: changing them does not redo a finished step.
-_RESOURCE_FIELDS = ("batch_size", "token_budget", "concurrency", "num_cpus", "num_gpus", "threads")
+_RESOURCE_FIELDS = ("batch_size", "token_budget", "concurrency", "num_cpus", "num_gpus", "threads", "packing")
 
 
 def scoring_identity(score: ScoreConfig) -> dict[str, Any]:

@@ -27,6 +27,24 @@ def pack_by_length(lengths: Sequence[int], token_budget: int) -> list[list[int]]
     return batches
 
 
+def pack_bins(lengths: Sequence[int], width: int, token_budget: int) -> list[list[list[int]]]:
+    """Rows packed first-fit-decreasing into bins of at most `width` tokens, and bins grouped into forwards of at
+    most token_budget // width bins: [forward][bin] -> row indexes. Deterministic for given lengths."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        j = next((j for j, r in enumerate(room) if r >= lengths[i]), None)
+        if j is None:
+            bins.append([i])
+            room.append(width - lengths[i])
+        else:
+            bins[j].append(i)
+            room[j] -= lengths[i]
+    per = max(1, token_budget // width)
+    return [bins[k : k + per] for k in range(0, len(bins), per)]
+
+
 class HfLossScorer:
     """LossScorer on transformers (CPU or CUDA). Scores agree with a one-row-at-a-time loop to float error."""
 
@@ -45,8 +63,10 @@ class HfLossScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
         model = model.to(cfg.device).eval()
-        if cfg.quantize == "int8":
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        if cfg.quantize != "none":
+            from raysel.backends.quant import calibration_ids, quantize
+
+            model = quantize(model, cfg.quantize, calibration=calibration_ids(self.tokenizer))
         self.model = model
         # Logits for answer positions only: the vocab projection is a large share of a small model's
         # FLOPs. Models that post-process logits (softcapping, scaling) take the full forward instead.
@@ -74,16 +94,62 @@ class HfLossScorer:
         )
         nll = [0.0] * len(ids)
         todo = [i for i in range(len(ids)) if ends[i] > starts[i]]
-        batches = [[todo[j] for j in b] for b in pack_by_length([ends[i] for i in todo], self.cfg.token_budget)]
+        lengths = [ends[i] for i in todo]
+        if self.cfg.packing:
+            # Padding-free: several rows share one sequence, each with its own positions and attention.
+            width = max(max_length, max(lengths, default=1))
+            batches = [[[todo[j] for j in b] for b in fwd] for fwd in pack_bins(lengths, width, self.cfg.token_budget)]
 
-        def forward(rows: list[int]) -> list[float]:
-            return self._forward([ids[i][: ends[i]] for i in rows], [starts[i] for i in rows])
+            def forward(bins: list[list[int]]) -> list[float]:
+                return self._forward_packed([[(ids[i][: ends[i]], starts[i]) for i in b] for b in bins])
+
+        else:
+            batches = [[todo[j] for j in b] for b in pack_by_length(lengths, self.cfg.token_budget)]
+
+            def forward(rows: list[int]) -> list[float]:
+                return self._forward([ids[i][: ends[i]] for i in rows], [starts[i] for i in rows])
 
         sums = self._pool.map(forward, batches) if self._pool else map(forward, batches)
         for rows, batch_sums in zip(batches, sums, strict=True):
-            for i, s in zip(rows, batch_sums, strict=True):
+            flat = [i for b in rows for i in b] if self.cfg.packing else rows
+            for i, s in zip(flat, batch_sums, strict=True):
                 nll[i] = s
         return token_losses(nll, starts, ends)
+
+    @torch.inference_mode()
+    def _forward_packed(self, bins: list[list[tuple[list[int], int]]]) -> list[float]:
+        """One forward over packed bins: position ids restart at 0 for each row, and transformers confines each
+        row's attention to itself (block-diagonal causal mask, found from the position ids). Sums in row order."""
+        width = max(sum(len(r) for r, _ in b) for b in bins)
+        input_ids = torch.full((len(bins), width), self.pad_id, dtype=torch.long)
+        # Positions run on past each bin's end (as one more row), so its pads never join the last row.
+        position_ids = torch.arange(width).repeat(len(bins), 1)
+        b_idx, pos, row_of = [], [], []
+        for b, rows in enumerate(bins):
+            offset = 0
+            for row, start in rows:
+                n = len(row)
+                input_ids[b, offset : offset + n] = torch.tensor(row)
+                position_ids[b, offset : offset + n] = torch.arange(n)
+                b_idx += [b] * (n - start)
+                pos += range(offset + start - 1, offset + n - 1)
+                offset += n
+            if offset < width:
+                position_ids[b, offset:] = torch.arange(width - offset)
+        counts = [len(row) - start for rows in bins for row, start in rows]
+        row_of = [k for k, c in enumerate(counts) for _ in range(c)]
+        dev = self.cfg.device
+        input_ids, position_ids = input_ids.to(dev), position_ids.to(dev)
+        b_t, p_t = torch.tensor(b_idx, device=dev), torch.tensor(pos, device=dev)
+        # No cache: transformers derives the per-row mask from the position ids only when there is none.
+        kw = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
+        if self._fast:
+            logits = self.model.get_output_embeddings()(self.model.base_model(**kw).last_hidden_state[b_t, p_t])
+        else:
+            logits = self.model(**kw).logits[b_t, p_t]
+        token_nll = torch.nn.functional.cross_entropy(logits.float(), input_ids[b_t, p_t + 1], reduction="none")
+        sums = torch.zeros(len(counts), dtype=torch.float64, device=dev)
+        return sums.index_add_(0, torch.tensor(row_of, device=dev), token_nll.double()).tolist()
 
     @torch.inference_mode()
     def _forward(self, rows: list[list[int]], starts: list[int]) -> list[float]:
