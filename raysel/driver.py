@@ -121,6 +121,16 @@ def scoring_identity(score: ScoreConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(score).items() if k not in _RESOURCE_FIELDS}
 
 
+def score_resources(score: ScoreConfig) -> dict[str, Any]:
+    """The scoring pool as resolved (threads: on the driver's node, as each CPU actor resolves it on its own)."""
+    from raysel.backends.base import cpu_threads
+    from raysel.stages.base import StageSpec
+
+    spec = StageSpec.for_backend(score)
+    cpu = score.backend == "hf" and score.device == "cpu"
+    return {**dataclasses.asdict(spec), "threads": cpu_threads(score) if cpu else None, "packing": score.packing}
+
+
 def _dropped_key(dropped: dict[str, str]) -> str:
     return hashlib.sha256("\n".join(sorted(dropped)).encode()).hexdigest()[:16]
 
@@ -185,6 +195,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         # The run directory's twin in a remote store when there is one: scoring actors on other nodes load it.
         score_cfg = dataclasses.replace(cfg.score, model=rundir.storage_uri(model))
 
+    extra["resources"] = {"score": score_resources(score_cfg)}
     pre_key = extra.get("pre_experience", {}).get("key")
     score_key = key | {"score": scoring_identity(score_cfg), "pre": pre_key}
 

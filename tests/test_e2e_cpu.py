@@ -53,6 +53,8 @@ def test_select_real_model_matches_paper_formula(shared_data: Path, ray_local, t
     }
     result = run(load_config(None, overrides))
     counts = result.manifest["counts"]
+    res = result.manifest["resources"]["score"]  # resolved: one actor, the threads asked for, padded on CPU
+    assert (res["concurrency"], res["threads"], res["packing"], res["num_gpus"]) == (1, 2, False, 0.0)
     scores = pq.read_table(out / "scores.parquet").to_pandas()
     assert set(REQUIRED) <= set(scores.columns)
     # ids and scores only: the text stays in the corpus (and selected.jsonl); so does the score step's file

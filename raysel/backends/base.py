@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -114,6 +116,16 @@ class Generator(Protocol):
     def text_prompt(self, text: str) -> str:
         """A plain-text prompt (alpaca template) with the special tokens the tokenizer would add (its BOS)."""
         ...
+
+
+def cpu_threads(cfg: ScoreConfig | GenerateConfig | EmbedConfig) -> int:
+    """1-thread forwards run side by side per CPU actor: `threads` when set, else the actor's share of its node's
+    cores (cores // concurrency, at least num_cpus rounded up), so a default run uses the machine it runs on."""
+    explicit = getattr(cfg, "threads", None)
+    if explicit:
+        return explicit
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, math.ceil(cfg.num_cpus), cores // max(1, cfg.concurrency))
 
 
 def make_generator(cfg: GenerateConfig) -> Generator:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
-import math
 from collections.abc import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from raysel.backends.base import TokenLoss
+from raysel.backends.base import TokenLoss, cpu_threads
 from raysel.backends.models import resolve_model
 from raysel.backends.spans import answer_spans, render_chat, render_messages, token_losses
 from raysel.config import ScoreConfig
@@ -53,7 +52,7 @@ class HfLossScorer:
         # On CPU, several 1-thread forwards side by side beat one multi-threaded forward on a small model's
         # matmuls (measured: 2 x 1 thread gives 1.23x the tokens/s of 1 x 2 threads on this project's
         # 2-core machine); torch releases the GIL inside its kernels, so threads of one process do it.
-        threads = cfg.threads or max(1, math.ceil(cfg.num_cpus))
+        threads = cpu_threads(cfg)
         self._pool = None
         if cfg.device == "cpu":
             torch.set_num_threads(1)

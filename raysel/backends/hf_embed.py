@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from raysel.backends.base import Embeddings
+from raysel.backends.base import Embeddings, cpu_threads
 from raysel.backends.hf import pack_by_length
 from raysel.backends.models import resolve_model
 from raysel.backends.spans import render_chat
@@ -57,7 +56,7 @@ class HfEmbedder:
         self._pool = None
         if cfg.device == "cpu":  # side-by-side 1-thread forwards: see HfLossScorer
             torch.set_num_threads(1)
-            threads = max(1, math.ceil(cfg.num_cpus))
+            threads = cpu_threads(cfg)
             if threads > 1:
                 self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="raysel-embed")
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
 
-from raysel.backends.base import Generation, GenParams
+from raysel.backends.base import Generation, GenParams, cpu_threads
 from raysel.backends.models import resolve_model
 from raysel.backends.spans import render_chat, text_prompt
 from raysel.config import GenerateConfig
@@ -95,7 +95,7 @@ class HfGenerator:
         # On CPU, sub-batches run side by side in 1-thread generates, one per CPU, as HfLossScorer does: a
         # small model's matmuls scale poorly across threads, and a team of OpenMP threads stalls whenever
         # one of them loses its core (Ray's own processes take slices of a small machine's cores).
-        self.threads = max(1, math.ceil(cfg.num_cpus)) if cfg.device == "cpu" else 1
+        self.threads = cpu_threads(cfg) if cfg.device == "cpu" else 1
         self._pool = None
         if cfg.device == "cpu":
             torch.set_num_threads(1)

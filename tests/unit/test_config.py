@@ -244,3 +244,15 @@ def test_iterselecttune_defaults_and_sections() -> None:
 def test_iterselecttune_bad_values_name_the_key(key: str, value, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, _ist(**{key: value}))
+
+
+def test_cpu_threads_default_uses_the_node() -> None:
+    import os
+
+    from raysel.backends.base import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(ScoreConfig()) == max(1, cores)  # one actor: every core of its node
+    assert cpu_threads(ScoreConfig(concurrency=cores * 2)) == 1  # more actors than cores: one each
+    assert cpu_threads(ScoreConfig(threads=3)) == 3  # explicit settings win
+    assert cpu_threads(ScoreConfig(concurrency=cores * 2, num_cpus=2.5)) == 3  # never below the reserved CPUs
