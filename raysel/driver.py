@@ -150,8 +150,9 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
     out = rd.local
     for stale in ("manifest.json", "selected.jsonl", "report.html"):  # an earlier run's must not pass for this one's
         (out / stale).unlink(missing_ok=True)
+    start = time.perf_counter()
     cluster = _init_ray()
-    steps = Steps(out)
+    steps = Steps(out, timings={"ray_start": round(time.perf_counter() - start, 3)})  # fixed cost, in the breakdown
     # The near-duplicate settings change which rows are dropped (in the "dropped" part of later keys), not
     # what ingest reads or what the rows embed to: a new threshold reuses the ingest and the embeddings.
     rows_cfg = dataclasses.replace(cfg.data, near_dup=None, near_dedupe=False)
