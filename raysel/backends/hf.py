@@ -96,8 +96,8 @@ class HfLossScorer:
         lengths = [ends[i] for i in todo]
         if self.cfg.packing:
             # Padding-free: several rows share one sequence, each with its own positions and attention.
-            width = max(max_length, max(lengths, default=1))
-            batches = [[[todo[j] for j in b] for b in fwd] for fwd in pack_bins(lengths, width, self.cfg.token_budget)]
+            packs = pack_bins(lengths, max_length, self.cfg.token_budget)  # every row fits: ends <= max_length
+            batches = [[[todo[j] for j in b] for b in fwd] for fwd in packs]
 
             def forward(bins: list[list[int]]) -> list[float]:
                 return self._forward_packed([[(ids[i][: ends[i]], starts[i]) for i in b] for b in bins])
@@ -121,9 +121,8 @@ class HfLossScorer:
         row's attention to itself (block-diagonal causal mask, found from the position ids). Sums in row order."""
         width = max(sum(len(r) for r, _ in b) for b in bins)
         input_ids = torch.full((len(bins), width), self.pad_id, dtype=torch.long)
-        # Positions run on past each bin's end (as one more row), so its pads never join the last row.
-        position_ids = torch.arange(width).repeat(len(bins), 1)
-        b_idx, pos, row_of = [], [], []
+        position_ids = torch.zeros((len(bins), width), dtype=torch.long)
+        b_idx, pos = [], []
         for b, rows in enumerate(bins):
             offset = 0
             for row, start in rows:
@@ -133,22 +132,12 @@ class HfLossScorer:
                 b_idx += [b] * (n - start)
                 pos += range(offset + start - 1, offset + n - 1)
                 offset += n
-            if offset < width:
-                position_ids[b, offset:] = torch.arange(width - offset)
+            # The pads restart their positions too: a row of their own, which no real token attends to.
+            position_ids[b, offset:] = torch.arange(width - offset)
         counts = [len(row) - start for rows in bins for row, start in rows]
         row_of = [k for k, c in enumerate(counts) for _ in range(c)]
-        dev = self.cfg.device
-        input_ids, position_ids = input_ids.to(dev), position_ids.to(dev)
-        b_t, p_t = torch.tensor(b_idx, device=dev), torch.tensor(pos, device=dev)
         # No cache: transformers derives the per-row mask from the position ids only when there is none.
-        kw = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
-        if self._fast:
-            logits = self.model.get_output_embeddings()(self.model.base_model(**kw).last_hidden_state[b_t, p_t])
-        else:
-            logits = self.model(**kw).logits[b_t, p_t]
-        token_nll = torch.nn.functional.cross_entropy(logits.float(), input_ids[b_t, p_t + 1], reduction="none")
-        sums = torch.zeros(len(counts), dtype=torch.float64, device=dev)
-        return sums.index_add_(0, torch.tensor(row_of, device=dev), token_nll.double()).tolist()
+        return self._answer_nll(input_ids, b_idx, pos, row_of, len(counts), position_ids=position_ids, use_cache=False)
 
     @torch.inference_mode()
     def _forward(self, rows: list[list[int]], starts: list[int]) -> list[float]:
@@ -162,14 +151,20 @@ class HfLossScorer:
         # No attention mask: with right padding, causal attention never lets a real token see a pad (pads
         # come after it), and positions start at 0 as unpadded. Without a mask SDPA takes its fused causal
         # kernel; a padding mask forces the slower masked path.
+        return self._answer_nll(input_ids, b_idx, pos, b_idx, len(rows))
+
+    def _answer_nll(self, input_ids, b_idx: list[int], pos: list[int], row_of: list[int], n: int, **kw) -> list[float]:
+        """Per-row sums of -log p(token at p + 1) from the hidden state at (b, p): the vocabulary projection on
+        those positions only (the full logits for models that post-process them)."""
         dev = self.cfg.device
         input_ids = input_ids.to(dev)
+        kw = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
         b_t, p_t = torch.tensor(b_idx, device=dev), torch.tensor(pos, device=dev)
         if self._fast:
-            hidden = self.model.base_model(input_ids=input_ids).last_hidden_state
+            hidden = self.model.base_model(input_ids=input_ids, **kw).last_hidden_state
             logits = self.model.get_output_embeddings()(hidden[b_t, p_t])
         else:
-            logits = self.model(input_ids=input_ids).logits[b_t, p_t]
+            logits = self.model(input_ids=input_ids, **kw).logits[b_t, p_t]
         token_nll = torch.nn.functional.cross_entropy(logits.float(), input_ids[b_t, p_t + 1], reduction="none")
-        sums = torch.zeros(len(rows), dtype=torch.float64, device=dev).index_add_(0, b_t, token_nll.double())
-        return sums.tolist()
+        sums = torch.zeros(n, dtype=torch.float64, device=dev)
+        return sums.index_add_(0, torch.tensor(row_of, device=dev), token_nll.double()).tolist()
