@@ -65,10 +65,12 @@ class ScoreConfig:
     token_budget: int | None = None
     """hf: padded tokens per forward pass (rows of similar length are batched up to this). Default:
     max_length on CPU (measured here: batching long rows is slower on CPU), 32 x max_length on GPU."""
-    concurrency: int = 1
-    """Scoring actors (each loads the model once)."""
-    num_cpus: float = 1.0
-    """CPUs reserved per scoring actor."""
+    concurrency: int | None = None
+    """Scoring actors (each loads the model once). Default: from the cluster (README: Resources): one per GPU
+    (num_gpus each) on cuda, one per CPU node on CPU."""
+    num_cpus: float | None = None
+    """CPUs reserved per scoring actor. Default: on CPU the actor's share of its node, less what the light read
+    tasks need; 1 beside a GPU."""
     num_gpus: float | None = None
     """GPUs per actor; default derived from the backend and device (vllm: tensor_parallel_size, hf: 1 on cuda)."""
     device: str = "cpu"
@@ -81,7 +83,7 @@ class ScoreConfig:
     Spearman 0.992; raysel.backends.quant). Measured in benchmarks/RESULTS.md: check it on your model."""
     threads: int | None = None
     """hf on CPU: batches scored side by side per actor, one torch thread each (faster than one
-    multi-threaded forward on small matmuls); default num_cpus rounded up."""
+    multi-threaded forward on small matmuls); default num_cpus rounded up (as resolved)."""
     packing: bool | None = None
     """hf: padding-free scoring: rows packed into sequences of up to max_length tokens (token_budget per forward),
     position ids restarting and attention confined to each row; same scores as padded batches. Default: on
@@ -95,8 +97,8 @@ class ScoreConfig:
         if self.token_budget is None:
             budget = self.max_length if self.device == "cpu" else 32 * self.max_length
             object.__setattr__(self, "token_budget", budget)
-        for name in ("max_length", "batch_size", "token_budget", "concurrency"):
-            if getattr(self, name) <= 0:
+        for name in ("max_length", "batch_size", "token_budget", "concurrency", "num_cpus"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"score.{name} must be positive, got {getattr(self, name)}")
         if self.max_length < 16:
             raise ConfigError(f"score.max_length={self.max_length} leaves no room for an answer; use >= 16")
@@ -126,10 +128,10 @@ class EmbedConfig:
     """Tokens per text (longer texts are truncated; all-MiniLM-L6-v2 was trained on 256)."""
     batch_size: int = 256
     """Rows per Ray Data batch handed to one actor call."""
-    concurrency: int = 1
-    """Embedding actors (each loads the model once)."""
-    num_cpus: float = 1.0
-    """CPUs reserved per embedding actor."""
+    concurrency: int | None = None
+    """Embedding actors (each loads the model once). Default: from the cluster, as score.concurrency."""
+    num_cpus: float | None = None
+    """CPUs reserved per embedding actor. Default: from the cluster, as score.num_cpus."""
     num_gpus: float | None = None
     """GPUs per actor; default 1 on cuda, else 0."""
     device: str = "cpu"
@@ -138,8 +140,8 @@ class EmbedConfig:
     """Weights dtype (vectors are always written as float32)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_length", "batch_size", "concurrency"):
-            if getattr(self, name) <= 0:
+        for name in ("max_length", "batch_size", "concurrency", "num_cpus"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"embed.{name} must be positive, got {getattr(self, name)}")
 
 
@@ -284,10 +286,10 @@ class GenerateConfig:
     """Prompts longer than this many tokens keep their last max_prompt_tokens tokens (recorded per row)."""
     batch_size: int = 32
     """Rows per Ray Data batch handed to one actor call (hf: also the generate() batch)."""
-    concurrency: int = 1
-    """Generating actors (each loads the model once)."""
-    num_cpus: float = 1.0
-    """CPUs reserved per actor."""
+    concurrency: int | None = None
+    """Generating actors (each loads the model once). Default: from the cluster, as score.concurrency."""
+    num_cpus: float | None = None
+    """CPUs reserved per actor. Default: from the cluster, as score.num_cpus."""
     num_gpus: float | None = None
     """GPUs per actor; default derived from the backend and device (vllm: tensor_parallel_size, hf: 1 on cuda)."""
     device: str = "cpu"
@@ -298,8 +300,8 @@ class GenerateConfig:
     """vllm: passed through to vllm.LLM (e.g. tensor_parallel_size, gpu_memory_utilization, max_model_len)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "max_prompt_tokens", "batch_size", "concurrency"):
-            if getattr(self, name) <= 0:
+        for name in ("max_new_tokens", "max_prompt_tokens", "batch_size", "concurrency", "num_cpus"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"generate.{name} must be positive, got {getattr(self, name)}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError(
@@ -387,16 +389,17 @@ class ClassifierConfig:
     """CPUs reserved per training worker."""
     infer_batch_size: int = 256
     """Rows per Ray Data batch when scoring candidates."""
-    concurrency: int = 1
-    """Scoring actors."""
-    num_cpus: float = 1.0
-    """CPUs reserved per scoring actor."""
+    concurrency: int | None = None
+    """Scoring actors. Default: from the cluster, as score.concurrency."""
+    num_cpus: float | None = None
+    """CPUs reserved per scoring actor. Default: from the cluster, as score.num_cpus."""
     device: str = "cpu"
     """Scoring device ("cpu", "cuda")."""
 
     def __post_init__(self) -> None:
-        for name in ("max_length", "epochs", "batch_size", "num_workers", "infer_batch_size", "concurrency"):
-            if getattr(self, name) <= 0:
+        fields = ("max_length", "epochs", "batch_size", "num_workers", "infer_batch_size", "concurrency", "num_cpus")
+        for name in fields:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"classifier.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"classifier.lr must be positive, got {self.lr}")

@@ -122,13 +122,36 @@ def scoring_identity(score: ScoreConfig) -> dict[str, Any]:
 
 
 def score_resources(score: ScoreConfig) -> dict[str, Any]:
-    """The scoring pool as resolved (threads: on the driver's node, as each CPU actor resolves it on its own)."""
-    from raysel.backends.base import cpu_threads
-    from raysel.stages.base import StageSpec
+    """The scoring pool as resolved from the cluster (stages.base.resolve), as the manifest records it."""
+    from raysel.stages.base import stage_resources
+    from raysel.stages.score import IfdScoreStage
 
-    spec = StageSpec.for_backend(score)
-    cpu = score.backend == "hf" and score.device == "cpu"
-    return {**dataclasses.asdict(spec), "threads": cpu_threads(score) if cpu else None, "packing": score.packing}
+    return {**stage_resources(IfdScoreStage, score), "packing": score.packing}
+
+
+def method_resources(cfg: RunConfig) -> dict[str, Any]:
+    """Every actor pool the run's method starts, as resolved from the cluster it runs on."""
+    from raysel.stages.base import stage_resources
+
+    pools = {"score": score_resources(cfg.score)}
+    if cfg.select.method == "iterselecttune":
+        from raysel.stages.classify import ClassifyRun, ClassifyStage
+        from raysel.stages.embed import EmbedStage
+        from raysel.stages.generate import GenerateStage
+        from raysel.stages.judge import JudgeRun, JudgeStage
+
+        pools = {
+            "embed": stage_resources(EmbedStage, cfg.embed),
+            "generate": stage_resources(GenerateStage, cfg.generate),
+            "classify": stage_resources(ClassifyStage, ClassifyRun(classifier=cfg.classifier, path="")),
+            "judge": stage_resources(JudgeStage, JudgeRun(judge=cfg.judge, cache_dir="")),
+        }
+    elif cfg.pre_experience.enabled and cfg.select.method == "ifd":
+        from raysel.pre_experience import embed_config
+        from raysel.stages.embed import EmbedStage
+
+        pools["pre_embed"] = stage_resources(EmbedStage, embed_config(cfg))
+    return pools
 
 
 def _dropped_key(dropped: dict[str, str]) -> str:
@@ -141,7 +164,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
     An existing run directory with another config is refused unless `resume` or `overwrite` (raysel.rundir).
     """
     from raysel import rundir
-    from raysel.stages.base import apply
+    from raysel.stages.base import StageClock, apply
     from raysel.stages.score import IfdScoreStage
 
     files = expand_input(cfg.data.input)  # a wrong --input fails here, before Ray starts
@@ -183,22 +206,26 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
 
         result = run_iterit(cfg, out, rows, key, steps.timings)
         return _write(cfg, out, summary, dropped, result.scored, select, steps, cluster, rows,
-                      {"duplicates": duplicates, "iterit": result.section}, result.selection)  # fmt: skip
+                      {"duplicates": duplicates, "iterit": result.section, "resources": method_resources(cfg)},
+                      result.selection)  # fmt: skip
     if cfg.select.method == "iterselecttune":
         from raysel.iterselecttune import run_iterselecttune
 
         res = run_iterselecttune(cfg, out, rows, key, steps.timings)
         return _write(cfg, out, summary, dropped, res.scored, select, steps, cluster, rows,
-                      {"duplicates": duplicates, "iterselecttune": res.section}, res.selection)  # fmt: skip
+                      {"duplicates": duplicates, "iterselecttune": res.section, "resources": method_resources(cfg)},
+                      res.selection)  # fmt: skip
     score_cfg, extra = cfg.score, {"scorer": scorer_section(cfg, agreement)}
     if cfg.pre_experience.enabled and parsed > len(dropped):
         model, extra["pre_experience"] = pre_experience(cfg, steps, rows, key)
         # The run directory's twin in a remote store when there is one: scoring actors on other nodes load it.
         score_cfg = dataclasses.replace(cfg.score, model=rundir.storage_uri(model))
 
-    extra["resources"] = {"score": score_resources(score_cfg)}
+    extra["resources"] = method_resources(cfg)
     pre_key = extra.get("pre_experience", {}).get("key")
     score_key = key | {"score": scoring_identity(score_cfg), "pre": pre_key}
+
+    clock = StageClock()
 
     def score(path: Path) -> int:
         if parsed == len(dropped):  # nothing to score: no model start
@@ -207,11 +234,14 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         def tables(done: pa.Array | None, offset: int):
             # The workers drop the text: only ids and scores reach the driver (outputs.write_texts reads
             # back the few rows whose text the outputs quote).
-            return arrow_batches(apply(without(rows(), done), IfdScoreStage, score_cfg, S.IFD_SCORES_SCHEMA.names))
+            ds = apply(without(rows(), done), IfdScoreStage, score_cfg, S.IFD_SCORES_SCHEMA.names, clock)
+            return clock.strip(arrow_batches(ds))
 
         return stream_in_parts(path, score_key, tables, S.IFD_SCORES_SCHEMA, part_rows=cfg.checkpoint_rows)
 
     scored = steps.run("score", score_key, score)
+    if isinstance(steps.timings.get("score"), float) and (parts := clock.breakdown(steps.timings["score"])):
+        steps.timings["score_parts"] = parts
     return _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, {"duplicates": duplicates, **extra})
 
 
@@ -233,7 +263,10 @@ def _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, ext
     if "report.html" not in manifest["outputs"]:
         manifest["outputs"] = sorted([*manifest["outputs"], "report.html"])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    start = time.perf_counter()
     _report(out)
+    manifest["timings_s"]["report"] = round(time.perf_counter() - start, 3)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     rundir.sync(final=True)
     return RunResult(output=out, manifest=manifest, uri=cfg.output)
 

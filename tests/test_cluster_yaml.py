@@ -21,7 +21,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from raysel.config import load_config
-from raysel.stages.base import StageSpec
+from raysel.stages.base import StageSpec, resolve
 from raysel.stages.embed import EmbedStage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,8 +95,12 @@ def test_cluster_job_fits(cluster: dict[str, Any], path: Path) -> None:
     gpus = sum(t["resources"]["GPU"] * t["max_workers"] for t in groups)
     node_cpus = max(t["resources"]["CPU"] for t in groups)
     node_gpus = max(t["resources"]["GPU"] for t in groups)
+    nodes = [
+        (float(t["resources"]["CPU"]), float(t["resources"]["GPU"])) for t in groups for _ in range(t["max_workers"])
+    ]
     pools = {"score": StageSpec.for_backend(cfg.score), "generate": StageSpec.for_backend(cfg.generate)}
     pools["embed"] = EmbedStage.spec(cfg.embed)
+    pools = {name: resolve(spec, nodes) for name, spec in pools.items()}  # unset resources: from the scaled cluster
     for name, spec in pools.items():
         assert spec.num_gpus <= node_gpus and spec.num_cpus <= node_cpus, f"{name}: one actor must fit on one node"
         assert spec.concurrency * spec.num_gpus <= gpus, f"{name}: {spec.concurrency} actors need more GPUs"

@@ -48,13 +48,21 @@ def test_select_real_model_matches_paper_formula(shared_data: Path, ray_local, t
         "output": str(out),
         "data.limit": 20,
         "score.max_length": 160,
-        "score.threads": 2,
         "select.ratio": 0.25,
     }
     result = run(load_config(None, overrides))
     counts = result.manifest["counts"]
-    res = result.manifest["resources"]["score"]  # resolved: one actor, the threads asked for, padded on CPU
-    assert (res["concurrency"], res["threads"], res["packing"], res["num_gpus"]) == (1, 2, False, 0.0)
+    # No resources set: sized from the 2-CPU Ray, one actor on all of it less the light tasks' share, one
+    # 1-thread forward per core, padded on CPU.
+    res = result.manifest["resources"]["score"]
+    assert (res["concurrency"], res["num_cpus"], res["threads"], res["packing"], res["num_gpus"]) == (
+        1, 1.75, 2, False, 0.0)  # fmt: skip
+    # where the score step's time went, as the actor timed itself: start, model load, its batches
+    timings = result.manifest["timings_s"]
+    parts = timings["score_parts"]
+    assert parts["actors"] == 1 and parts["model_load"] > 0 and parts["compute"] > 0, parts
+    assert parts["actor_start"] + parts["model_load"] + parts["compute"] <= timings["score"] + 0.5, parts
+    assert {"ray_start", "ingest", "score", "write", "report"} <= set(timings)
     scores = pq.read_table(out / "scores.parquet").to_pandas()
     assert set(REQUIRED) <= set(scores.columns)
     # ids and scores only: the text stays in the corpus (and selected.jsonl); so does the score step's file

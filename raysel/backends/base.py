@@ -118,14 +118,21 @@ class Generator(Protocol):
         ...
 
 
+def local_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_threads(cfg: ScoreConfig | GenerateConfig | EmbedConfig) -> int:
-    """1-thread forwards run side by side per CPU actor: `threads` when set, else the actor's share of its node's
-    cores (cores // concurrency, at least num_cpus rounded up), so a default run uses the machine it runs on."""
+    """1-thread forwards run side by side per CPU actor: `threads` when set, else one per CPU the actor reserves
+    (num_cpus rounded up, as stages.base.resolve sized it from its node), else (outside a Ray pool, num_cpus
+    unset) this machine's cores split between `concurrency` actors."""
     explicit = getattr(cfg, "threads", None)
     if explicit:
         return explicit
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, math.ceil(cfg.num_cpus), cores // max(1, cfg.concurrency))
+    if cfg.num_cpus is not None:
+        return max(1, math.ceil(cfg.num_cpus))
+    return max(1, local_cores() // (cfg.concurrency or 1))
 
 
 def make_generator(cfg: GenerateConfig) -> Generator:

@@ -3,13 +3,12 @@ prompt_logprobs), the embedder (pooling runner) and the generator."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from raysel.backends.base import Embeddings, Generation, GenParams, TokenLoss
+from raysel.backends.base import Embeddings, Generation, GenParams, TokenLoss, cpu_threads
 from raysel.backends.hf_generate import encode_prompts, eos_ids, row_seed, to_generations
 from raysel.backends.models import resolve_model
 from raysel.backends.spans import answer_spans, render_chat, render_messages, text_prompt, token_losses
@@ -24,7 +23,7 @@ class VllmLossScorer:
         if cfg.device == "cpu":
             # vLLM's CPU backend binds OpenMP to one core by default and sizes its KV cache in GiB
             # (shared/notes/ray-data-llm-on-cpu.md, pitfall 4).
-            threads = cfg.threads or max(1, int(cfg.num_cpus))
+            threads = cpu_threads(cfg)
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{threads - 1}")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM, SamplingParams
@@ -78,7 +77,7 @@ class VllmEmbedder:
 
     def __init__(self, cfg: EmbedConfig) -> None:
         if cfg.device == "cpu":
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(1, int(cfg.num_cpus)) - 1}")
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cpu_threads(cfg) - 1}")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
@@ -110,7 +109,7 @@ class VllmGenerator:
         if cfg.device == "cpu":
             # Same CPU settings as the scorer (shared/notes/ray-data-llm-on-cpu.md, pitfall 4); ceil, since an
             # actor given 1.75 CPUs beside Ray's light tasks still runs on both cores.
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(1, math.ceil(cfg.num_cpus)) - 1}")
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cpu_threads(cfg) - 1}")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from transformers import GenerationConfig
         from vllm import LLM

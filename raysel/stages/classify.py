@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -10,7 +11,7 @@ import numpy as np
 
 from raysel import schema as S
 from raysel.config import ClassifierConfig
-from raysel.stages.base import StageSpec
+from raysel.stages.base import StageSpec, with_resources
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class ClassifyStage:
         c = cfg.classifier
         gpus = 1.0 if c.device.startswith("cuda") else 0.0
         return StageSpec(num_cpus=c.num_cpus, num_gpus=gpus, concurrency=c.concurrency, batch_size=c.infer_batch_size)
+
+    @classmethod
+    def with_spec(cls, cfg: ClassifyRun, spec: StageSpec) -> ClassifyRun:
+        return dataclasses.replace(cfg, classifier=with_resources(cfg.classifier, spec))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from raysel.train.classifier import classifier_text, probabilities

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -10,7 +11,7 @@ import numpy as np
 from raysel import schema as S
 from raysel.config import JudgeConfig
 from raysel.judge import Judge, question_of
-from raysel.stages.base import StageSpec
+from raysel.stages.base import StageSpec, with_resources
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +74,13 @@ class JudgeStage:
         # run directory holds, or judge.cache) is, so no judgement paid for is written to another node's disk.
         return StageSpec(num_cpus=0.25, num_gpus=0.0, concurrency=judge.actors, batch_size=4 * judge.concurrency,
                          on_driver_node=True)  # fmt: skip
+
+    @classmethod
+    def with_spec(cls, cfg: JudgeRun, spec: StageSpec) -> JudgeRun:
+        if cfg.judge.backend != "local":
+            return cfg
+        local = with_resources(cfg.judge.local, spec)
+        return dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, local=local))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         questions = [question_of(str(i), str(x)) for i, x in zip(batch[S.INSTRUCTION], batch[S.INPUT], strict=True)]

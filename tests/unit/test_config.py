@@ -34,9 +34,9 @@ def test_defaults() -> None:
     assert cfg.data.columns == ColumnMap()
     s = cfg.score
     assert (s.model, s.backend, s.template) == ("smollm2", "hf", "alpaca")
-    assert (s.max_length, s.batch_size, s.token_budget, s.concurrency) == (512, 64, 512, 1)
+    assert (s.max_length, s.batch_size, s.token_budget, s.concurrency) == (512, 64, 512, None)  # from the cluster
     assert ScoreConfig(device="cuda").token_budget == 32 * 512  # derived per device
-    assert (s.num_cpus, s.num_gpus, s.device, s.dtype, s.quantize) == (1.0, None, "cpu", "float32", "none")
+    assert (s.num_cpus, s.num_gpus, s.device, s.dtype, s.quantize) == (None, None, "cpu", "float32", "none")
     assert s.threads is None and s.engine_kwargs == {}
     assert cfg.select == SelectConfig(method="ifd", ratio=None, k=None)
 
