@@ -60,6 +60,10 @@ def _init_ray() -> dict[str, Any]:
         ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    # Ray 2.60's V2 read_parquet lists files in a task that asks a whole CPU whatever num_cpus the read is
+    # given; beside actors sized to their node (less the light tasks' 0.25) it would wait forever. The V1 reader
+    # runs every task at the num_cpus raysel passes (LIGHT_CPUS).
+    ctx.use_datasource_v2 = False
     alive = [n for n in ray.nodes() if n.get("Alive")]
     return {
         "address": ray.get_runtime_context().gcs_address,
