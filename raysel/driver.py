@@ -29,6 +29,7 @@ from raysel.io import (
     expand_input,
     fingerprint,
     iter_parquet,
+    parse_locally,
     read_corpus,
     write_parquet_stream,
 )
@@ -185,7 +186,20 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
     rows_cfg = dataclasses.replace(cfg.data, near_dup=None, near_dedupe=False)
     data_key = {"data": rows_cfg, "files": fingerprint(files), "code": _code_hash()}
 
+    # A small local corpus is parsed once, here: no Ray Data read pass for the ingest, and the passes below
+    # (score, the quoted texts) start from these tables in the object store instead of parsing it again.
+    import ray
+    import ray.data
+
+    local = parse_locally(cfg.data, files)
+    refs = None if local is None else [ray.put(t) for t in local]
+
+    def corpus() -> ray.data.Dataset:
+        return read_corpus(cfg.data, files) if refs is None else ray.data.from_arrow_refs(refs)
+
     def ingest(path: Path) -> int:
+        if local is not None:
+            return write_parquet_stream((_compact(t) for t in local), path, S.COMPACT_SCHEMA)
         ds = read_corpus(cfg.data, files).map_batches(_compact, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
         return write_parquet_stream(arrow_batches(ds), path, S.COMPACT_SCHEMA)
 
@@ -197,7 +211,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
 
     def rows() -> ray.data.Dataset:
         drop = pa.array(list(dropped), pa.string())
-        ds = read_corpus(cfg.data, files)
+        ds = corpus()
         return ds.map_batches(_keep, fn_kwargs={"drop": drop}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
 
     if cfg.data.near_dup is not None and parsed > len(dropped):

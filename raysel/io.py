@@ -132,6 +132,34 @@ def read_corpus(cfg: DataConfig, files: list[str] | None = None) -> ray.data.Dat
     return ds.limit(cfg.limit) if cfg.limit else ds
 
 
+LOCAL_READ_BYTES = 64 * 2**20
+"""Inputs up to this size, all on the driver's disk, are parsed by the driver: a Ray Data read pass costs
+seconds of fixed cost (task start, scheduling) that a small corpus does not repay."""
+
+
+def parse_locally(cfg: DataConfig, files: list[str]) -> list[pa.Table] | None:
+    """The corpus's canonical rows parsed here, one table per file exactly as read_corpus's tasks parse it
+    (rejected rows included, data.limit applied), when every file is local and together they are at most
+    LOCAL_READ_BYTES; else None (read them with read_corpus)."""
+    if any(_is_uri(f) for f in files):
+        return None
+    try:
+        if sum(os.path.getsize(f) for f in files) > LOCAL_READ_BYTES:
+            return None
+    except OSError:
+        return None
+    tables, left = [], cfg.limit
+    for f in files:
+        t = _parse_batch({"path": [f], "bytes": [Path(f).read_bytes()]}, cfg.columns, False)
+        if left is not None:
+            t = t.slice(0, left)
+            left -= t.num_rows
+        tables.append(t)
+        if left == 0:
+            break
+    return tables
+
+
 ROW_GROUP_ROWS = 65536
 """Row groups of the files raysel writes: a reader decodes one at a time, so its memory stays bounded."""
 

@@ -257,3 +257,26 @@ def test_quoted_text_is_the_text_that_was_scored(ray_local, tmp_path: Path) -> N
     with pytest.raises(RuntimeError, match="input changed during the run"):
         write_texts(scored, corpus(edited), np.array([0, 2]), tmp_path / "texts2.parquet")
     assert not (tmp_path / "texts2.parquet").exists()
+
+
+def test_small_local_corpus_parsed_by_the_driver_gives_the_same_run(ray_local, tmp_path: Path) -> None:
+    """A local corpus under LOCAL_READ_BYTES is parsed once by the driver (no Ray Data read passes); the same
+    files through Ray Data's read tasks (a file:// URI is read as remote) give the same run, file for file."""
+    from raysel.config import DataConfig
+    from raysel.io import parse_locally
+
+    _write_messy_corpus(tmp_path / "corpus")
+    assert parse_locally(DataConfig(input="x"), [str(tmp_path / "corpus" / "a.jsonl")]) is not None
+    assert parse_locally(DataConfig(input="x"), [f"file://{tmp_path}/corpus/a.jsonl"]) is None
+    runs = {}
+    for name, src in (("ray", f"file://{tmp_path}/corpus/*"), ("local", f"{tmp_path}/corpus/*")):
+        out = tmp_path / name
+        assert main(["select", "--input", src, "--output", str(out), "--backend", "fake", "--k", "3"]) == 0
+        runs[name] = out
+    for name in ("scores.parquet", "steps/texts.parquet", "steps/ingest.parquet"):
+        a, b = (pq.read_table(runs[r] / name) for r in ("ray", "local"))
+        assert a.equals(b), name
+    for name in ("rejected.jsonl", "selected.jsonl"):
+        assert (runs["ray"] / name).read_text() == (runs["local"] / name).read_text(), name
+    counts = [json.loads((runs[r] / "manifest.json").read_text())["counts"] for r in ("ray", "local")]
+    assert counts[0] == counts[1]

@@ -185,7 +185,7 @@ def test_a_rerun_redoes_nothing(uninterrupted: Path, tiny_bert: str, corpus: Pat
     again = run(load_config(None, _tiny(uninterrupted, tiny_bert, corpus, server.url)))
     assert server.requests == before  # no judge call
     timings = again.manifest["timings_s"]
-    steps = [k for k in timings if k not in ("ray_start", "ingest", "write")]
+    steps = [k for k in timings if k not in ("ray_start", "ingest", "write", "report")]  # the rest: skipped
     assert steps and all(timings[k] == "skipped (completed earlier)" for k in steps), timings
     assert again.manifest["iterselecttune"]["judge"]["calls"] == 2 * BATCH * TRAINING_ROUNDS  # recorded, not redone
     assert f"Bearer {SECRET}" in server.auth

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from raysel.config import EmbedConfig, GenerateConfig, ScoreConfig
+from raysel.config import ClassifierConfig, EmbedConfig, GenerateConfig, ScoreConfig
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def local_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def cpu_threads(cfg: ScoreConfig | GenerateConfig | EmbedConfig) -> int:
+def cpu_threads(cfg: ScoreConfig | GenerateConfig | EmbedConfig | ClassifierConfig) -> int:
     """1-thread forwards run side by side per CPU actor: `threads` when set, else one per CPU the actor reserves
     (num_cpus rounded up, as stages.base.resolve sized it from its node), else (outside a Ray pool, num_cpus
     unset) this machine's cores split between `concurrency` actors."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,11 +34,12 @@ class ClassifyStage:
     def __init__(self, cfg: ClassifyRun) -> None:
         import torch
 
+        from raysel.backends.base import cpu_threads
         from raysel.train.classifier import HardClassifier
 
         self.cfg = cfg.classifier
         if self.cfg.device == "cpu":
-            torch.set_num_threads(max(1, math.ceil(self.cfg.num_cpus)))
+            torch.set_num_threads(cpu_threads(self.cfg))
         self.model, self.tokenizer = HardClassifier.load(cfg.path)
         self.model.to(self.cfg.device)
 
