@@ -200,9 +200,11 @@ def with_resources(cfg: Any, spec: StageSpec) -> Any:
     return cfg
 
 
-def resolved(stage_cls: type[Stage], cfg: Any) -> tuple[StageSpec, Any]:
-    """The stage's pool sized from the cluster it will run on, and the config its actors get."""
-    spec = resolve(stage_cls.spec(cfg), cluster_nodes())
+def resolved(
+    stage_cls: type[Stage], cfg: Any, nodes: Sequence[tuple[float, float]] | None = None
+) -> tuple[StageSpec, Any]:
+    """The stage's pool sized from the cluster it will run on (or `nodes`), and the config its actors get."""
+    spec = resolve(stage_cls.spec(cfg), cluster_nodes() if nodes is None else nodes)
     hook = getattr(stage_cls, "with_spec", None)
     return spec, hook(cfg, spec) if hook else with_resources(cfg, spec)
 

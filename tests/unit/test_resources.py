@@ -9,7 +9,7 @@ import pytest
 from raysel.backends.base import cpu_threads
 from raysel.config import ClassifierConfig, EmbedConfig, GenerateConfig, JudgeConfig, ScoreConfig
 from raysel.io import LIGHT_CPUS
-from raysel.stages.base import resolve, with_resources
+from raysel.stages.base import resolve, resolved
 from raysel.stages.classify import ClassifyRun, ClassifyStage
 from raysel.stages.embed import EmbedStage
 from raysel.stages.generate import GenerateStage
@@ -18,9 +18,7 @@ from raysel.stages.score import IfdScoreStage
 
 
 def _pool(stage, cfg, nodes):
-    spec = resolve(stage.spec(cfg), nodes)
-    hook = getattr(stage, "with_spec", None)
-    return spec, (hook(cfg, spec) if hook else with_resources(cfg, spec))
+    return resolved(stage, cfg, nodes)
 
 
 @pytest.mark.parametrize(
