@@ -1,5 +1,6 @@
-# raysel: `make demo` runs selection end to end offline; `make test` runs the test suite.
-# Both create or reuse .venv and install what they need (CPU torch first, so nothing pulls a CUDA build).
+# raysel: `make demo` runs selection end to end offline; `make test` runs the test suite (what CI runs);
+# `make test-fast` runs the quick subset: no test marked slow (real models, Ray Train, clusters, kills) or vllm.
+# Each creates or reuses .venv and installs what it needs (CPU torch first, so nothing pulls a CUDA build).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_DEDUP_LOGS := 0
 
-.PHONY: install install-vllm chromium demo test lint bench clean
+.PHONY: install install-vllm chromium demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,10 @@ chromium:
 
 test: install-vllm chromium
 	$(BIN)/python -m pytest $(ARGS)
+
+# Unit, plan and engine-free stage tests: minutes, not the suite's half hour (see README).
+test-fast: install
+	$(BIN)/python -m pytest -m 'not slow and not vllm and not gpu and not manual' $(ARGS)
 
 lint: install
 	$(BIN)/ruff check raysel tests benchmarks

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from raysel.config import ConfigError, RunConfig, load_config
+from raysel.methods import METHODS, ratio_help
 from raysel.readers import InputError
 
 # Short flags and the config field each one sets.
@@ -58,7 +59,8 @@ def _common(p: argparse.ArgumentParser, *, selecting: bool) -> None:
         help="IFD with a pre-experienced model: K-Means sample -> brief SFT -> score with it (the paper's pipeline)",
     )
     if selecting:
-        p.add_argument("--method", help="ifd (default), iterit or iterselecttune")
+        methods = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+        p.add_argument("--method", help=f"{methods} (default ifd)")
         p.add_argument(
             "--scorer-model",
             dest="scorer_model",
@@ -70,8 +72,7 @@ def _common(p: argparse.ArgumentParser, *, selecting: bool) -> None:
         group = p.add_mutually_exclusive_group()
         group.add_argument(
             "--ratio",
-            help="ifd: keep this fraction of rows with IFD <= 1 (default 0.1); iterit / iterselecttune: "
-            "picks per epoch (0.05) / the budget (0.2), as a fraction of the rows",
+            help=ratio_help(),
         )
         group.add_argument("--k", help="keep this many rows")
 
@@ -155,9 +156,9 @@ def _trained_model(args: argparse.Namespace, values: dict[str, Any]) -> dict[str
         return values
     trained = args.model
     if trained is None and args.config:
-        from raysel.config import _tree
+        from raysel.config import config_tree
 
-        tree = _tree(args.config, None)
+        tree = config_tree(args.config, None)
         trained = tree.get("score", {}).get("model") if isinstance(tree.get("score"), dict) else None
     if trained is not None and str(trained) != scorer:
         values["select.target_model"] = str(trained)
@@ -223,7 +224,7 @@ def _eval_overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, Any
 def _failed(e: Exception) -> int:
     """Exit code of a command that raised: 3 when the judge budget stopped it, 2 for a user error (config,
     input), both printed; anything else is a bug and propagates."""
-    from raysel.iterselecttune import BudgetReached
+    from raysel.judge import BudgetReached
 
     if isinstance(e, BudgetReached):
         print(f"raysel: stopped: {e}", file=sys.stderr)

@@ -14,11 +14,33 @@ from typing import Any, Literal
 
 import yaml
 
+from raysel.methods import METHODS
 from raysel.readers import ColumnMap
 
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key and the fix."""
+
+
+RUNTIME = "runtime"
+"""Field metadata key: the field changes how a step runs (speed, resources, retries, accounting, where files go),
+never what it produces, so it is left out of the step's identity (raysel.config.identity)."""
+
+
+def runtime(default: Any = None) -> Any:
+    """A config field that never changes results (see RUNTIME)."""
+    return field(default=default, metadata={RUNTIME: True})
+
+
+def identity(section: Any) -> dict[str, Any]:
+    """A config section as a step key holds it: every field that can change the step's results (nested
+    sections likewise), without the runtime() ones, so a changed batch size or actor count reuses the step."""
+    plain = dataclasses.asdict(section)
+    return {
+        f.name: identity(value) if dataclasses.is_dataclass(value := getattr(section, f.name)) else plain[f.name]
+        for f in dataclasses.fields(section)
+        if not f.metadata.get(RUNTIME)
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,18 +82,18 @@ class ScoreConfig:
     "iterit" = IterIT's chat texts (system "You are a helpful assistant.", the default for --method iterit)."""
     max_length: int = 512
     """Token window for the conditioned text; answers are truncated to fit (the paper's max_length)."""
-    batch_size: int = 64
+    batch_size: int = runtime(64)
     """Rows per Ray Data batch handed to one actor call."""
-    token_budget: int | None = None
+    token_budget: int | None = runtime(None)
     """hf: padded tokens per forward pass (rows of similar length are batched up to this). Default:
     max_length on CPU (measured here: batching long rows is slower on CPU), 32 x max_length on GPU."""
-    concurrency: int | None = None
+    concurrency: int | None = runtime(None)
     """Scoring actors (each loads the model once). Default: from the cluster (README: Resources): one per GPU
     (num_gpus each) on cuda, one per CPU node on CPU."""
-    num_cpus: float | None = None
+    num_cpus: float | None = runtime(None)
     """CPUs reserved per scoring actor. Default: on CPU the actor's share of its node, less what the light read
     tasks need; 1 beside a GPU."""
-    num_gpus: float | None = None
+    num_gpus: float | None = runtime(None)
     """GPUs per actor; default derived from the backend and device (vllm: tensor_parallel_size, hf: 1 on cuda)."""
     device: str = "cpu"
     """hf: torch device ("cpu", "cuda")."""
@@ -81,10 +103,10 @@ class ScoreConfig:
     """hf on CPU, approximate: "int8" = torch dynamic int8 of the Linear layers (1.5x fp32 on SmolLM2-135M, but it
     reorders rows: Spearman 0.63); "smoothquant" = SmoothQuant scales + per-token int8 activations (1.3x fp32,
     Spearman 0.992; raysel.backends.quant). Measured in benchmarks/RESULTS.md: check it on your model."""
-    threads: int | None = None
+    threads: int | None = runtime(None)
     """hf on CPU: batches scored side by side per actor, one torch thread each (faster than one
     multi-threaded forward on small matmuls); default num_cpus rounded up (as resolved)."""
-    packing: bool | None = None
+    packing: bool | None = runtime(None)
     """hf: padding-free scoring: rows packed into sequences of up to max_length tokens (token_budget per forward),
     position ids restarting and attention confined to each row; same scores as padded batches. Default: on
     for cuda, off on CPU (measured no faster there: length-sorted batches already pad little)."""
@@ -192,11 +214,11 @@ class TrainConfig:
     """Ray Train workers (data-parallel replicas)."""
     use_gpu: bool = False
     """One GPU per worker (NCCL); otherwise CPU workers (gloo)."""
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = runtime(1.0)
     """CPUs reserved per worker."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Training dtype (bfloat16 autocast on GPU; CPU trains in float32)."""
-    checkpoint_every: int = 50
+    checkpoint_every: int = runtime(50)
     """Checkpoint every this many optimizer steps (and at the end); a rerun resumes from the latest."""
 
     def __post_init__(self) -> None:
@@ -284,13 +306,13 @@ class GenerateConfig:
     """Sampling seed (with temperature > 0)."""
     max_prompt_tokens: int = 1024
     """Prompts longer than this many tokens keep their last max_prompt_tokens tokens (recorded per row)."""
-    batch_size: int = 32
+    batch_size: int = runtime(32)
     """Rows per Ray Data batch handed to one actor call (hf: also the generate() batch)."""
-    concurrency: int | None = None
+    concurrency: int | None = runtime(None)
     """Generating actors (each loads the model once). Default: from the cluster, as score.concurrency."""
-    num_cpus: float | None = None
+    num_cpus: float | None = runtime(None)
     """CPUs reserved per actor. Default: from the cluster, as score.num_cpus."""
-    num_gpus: float | None = None
+    num_gpus: float | None = runtime(None)
     """GPUs per actor; default derived from the backend and device (vllm: tensor_parallel_size, hf: 1 on cuda)."""
     device: str = "cpu"
     """Device ("cpu", "cuda")."""
@@ -322,7 +344,7 @@ class JudgeConfig:
     """openai: the API's model name (e.g. "gpt-4o", "gpt-4o-mini", or the name a vllm serve endpoint serves)."""
     base_url: str | None = None
     """openai: endpoint URL (None = api.openai.com; a `vllm serve` endpoint: http://HOST:8000/v1)."""
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = runtime("OPENAI_API_KEY")
     """openai: the environment variable holding the API key (read at call time; never logged or written)."""
     local: GenerateConfig = field(default_factory=_local_judge)
     """local: the judge model and engine (model, backend, device, ...). Its max_new_tokens bounds the verdict."""
@@ -330,27 +352,27 @@ class JudgeConfig:
     """openai: most completion tokens per judge call (the verdict line comes first, then a short reason)."""
     temperature: float = 0.0
     """openai: sampling temperature of the judge."""
-    concurrency: int = 8
+    concurrency: int = runtime(8)
     """openai: requests in flight per judge actor."""
-    actors: int = 1
+    actors: int = runtime(1)
     """Judge actors (Ray Data actor pool); the budget is split evenly between them."""
-    max_retries: int = 6
+    max_retries: int = runtime(6)
     """Retries of one call on 429 / 5xx / timeouts / connection errors, with exponential backoff."""
-    backoff_s: float = 1.0
+    backoff_s: float = runtime(1.0)
     """First retry delay in seconds; doubled each retry (with jitter), capped at backoff_max_s."""
-    backoff_max_s: float = 60.0
+    backoff_max_s: float = runtime(60.0)
     """Longest retry delay in seconds."""
-    timeout_s: float = 60.0
+    timeout_s: float = runtime(60.0)
     """Seconds before one request is abandoned (and retried)."""
     parse_retries: int = 2
     """Extra calls when a reply has no parsable verdict; then the row is recorded as "unparsed" with the raw text."""
-    price_input_per_mtok: float | None = None
+    price_input_per_mtok: float | None = runtime(None)
     """USD per 1M prompt tokens; default: raysel's table of list prices for known models, else 0 (cost unknown)."""
-    price_output_per_mtok: float | None = None
+    price_output_per_mtok: float | None = runtime(None)
     """USD per 1M completion tokens; default as price_input_per_mtok."""
-    budget_usd: float | None = None
+    budget_usd: float | None = runtime(None)
     """Stop the run cleanly (resumable) before judge calls would spend more than this many USD in all."""
-    cache: str | None = None
+    cache: str | None = runtime(None)
     """Directory of the persistent judge cache keyed by (model, prompt); default <output>/judge_cache. Share it
     between runs to never pay twice for the same judgement."""
 
@@ -441,12 +463,13 @@ class IterSelectTuneConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SelectConfig:
-    method: Literal["ifd", "iterit", "iterselecttune"] = "ifd"
-    """Selection method: "ifd" (Cherry, optionally with pre-experience), "iterit" or "iterselecttune"."""
+    method: str = "ifd"
+    """Selection method, one of raysel.methods.METHODS: "ifd" (Cherry, optionally with pre-experience), "iterit"
+    or "iterselecttune"."""
     ratio: float | None = None
-    """ifd: keep this fraction of the rows that pass the IFD <= 1 filter (default 0.1 when k is unset).
-    iterit: k = floor(ratio x rows scored) picks per epoch (default 0.05).
-    iterselecttune: the budget, a fraction of the rows (default 0.2, the paper's)."""
+    """What it means, and its default when k is unset too, is the method's (raysel.methods.METHODS, `raysel
+    select --help`): ifd keeps this fraction of the rows with IFD <= 1; iterit picks floor(ratio x rows) per
+    epoch; iterselecttune's budget is this fraction of the rows."""
     k: int | None = None
     """Keep exactly this many rows (or all that pass, if fewer)."""
     target_model: str | None = None
@@ -458,6 +481,8 @@ class SelectConfig:
     Default: the newest agreement run for this pair beside the output directory, if any (raysel.agree.lineage)."""
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"select.method: {self.method!r} is not one of {', '.join(map(repr, METHODS))}")
         if self.ratio is not None and self.k is not None:
             raise ConfigError("give select.ratio or select.k, not both")
         if self.ratio is not None and not 0 < self.ratio <= 1:
@@ -492,10 +517,12 @@ class RunConfig:
             raise ConfigError("output is required: the run directory (--output DIR)")
         if not self.data.input:
             raise ConfigError("data.input is required: a corpus file, directory or glob (--input PATH)")
-        if self.select.method == "iterit" and self.pre_experience.enabled:
-            raise ConfigError("pre_experience is part of the ifd method; iterit trains its own model each epoch")
-        if self.select.method == "iterselecttune" and self.pre_experience.enabled:
-            raise ConfigError("pre_experience is part of the ifd method; iterselecttune does not score IFD")
+        if self.select.method != "ifd" and self.pre_experience.enabled:
+            why = {"iterit": "iterit trains its own model each epoch",
+                   "iterselecttune": "iterselecttune does not score IFD"}  # fmt: skip
+            raise ConfigError(
+                f"pre_experience is part of the ifd method; {why.get(self.select.method, 'only ifd uses it')}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -736,22 +763,23 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Resolve a RunConfig from an optional YAML file plus dotted overrides (CLI flags win)."""
-    tree = _tree(path, overrides)
+    tree = config_tree(path, overrides)
     _method_defaults(tree)
     return build(RunConfig, tree)
 
 
 def load_eval_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:
     """Resolve an EvalConfig (`raysel eval`) from an optional YAML file plus dotted overrides."""
-    return build(EvalConfig, _tree(path, overrides))
+    return build(EvalConfig, config_tree(path, overrides))
 
 
 def load_agree_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AgreeConfig:
     """Resolve an AgreeConfig (`raysel agree`) from an optional YAML file plus dotted overrides."""
-    return build(AgreeConfig, _tree(path, overrides))
+    return build(AgreeConfig, config_tree(path, overrides))
 
 
-def _tree(path: str | Path | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+def config_tree(path: str | Path | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The config as a tree of sections: the YAML file (when given) with the dotted overrides set on it."""
     tree: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -771,14 +799,15 @@ def _tree(path: str | Path | None, overrides: dict[str, Any] | None) -> dict[str
 def _method_defaults(tree: dict[str, Any]) -> None:
     """Defaults that depend on the method, filled in where the file and flags leave them unset."""
     select = tree.get("select") if isinstance(tree.get("select"), dict) else {}
-    if select.get("method") == "iterit":
+    spec = METHODS.get(select.get("method") or "ifd")
+    if spec is None:
+        return  # SelectConfig names the methods
+    if spec.score_template is not None:
         score = tree.setdefault("score", {})
         if isinstance(score, dict) and score.get("template") is None:
-            score["template"] = "iterit"
-        if select.get("ratio") is None and select.get("k") is None:
-            set_dotted(tree, "select.ratio", 0.05)
-    if select.get("method") == "iterselecttune" and select.get("ratio") is None and select.get("k") is None:
-        set_dotted(tree, "select.ratio", 0.2)
+            score["template"] = spec.score_template
+    if spec.ratio_in_config and select.get("ratio") is None and select.get("k") is None:
+        set_dotted(tree, "select.ratio", spec.default_ratio)
 
 
 def dump_yaml(cfg: RunConfig | EvalConfig | AgreeConfig) -> str:

@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 from raysel import schema as S
 from raysel.config import RunConfig
 from raysel.io import iter_parquet, take_rows
-from raysel.steps import Steps, embed_rows, read_vectors
+from raysel.run.steps import Steps
+from raysel.vectors import embed_rows, read_vectors
 
 if TYPE_CHECKING:
     import ray.data
@@ -115,7 +116,7 @@ def near_duplicates(
 
     threshold = cfg.data.near_dup
     ekey = key | {"embed": cfg.embed}
-    emb = steps.run("embed", ekey, lambda p: embed_rows(rows(), cfg.embed, p, ekey, cfg.checkpoint_rows))
+    emb = steps.run("embed", ekey, lambda p: embed_rows(rows(), cfg.embed, p, ekey, cfg.checkpoint_rows, steps))
     reps = near_duplicate_groups(read_vectors(emb), threshold, seed=cfg.seed)
     later = np.flatnonzero(reps != np.arange(len(reps)))
     pairs = _source_pairs(emb, later, reps[later])

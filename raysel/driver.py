@@ -1,7 +1,7 @@
-"""A run: ingest -> dedupe (exact, near) -> the method (IFD: [pre-experience] -> score -> select; IterIT:
-raysel.iterit; IterSelectTune: raysel.iterselecttune) -> write.
+"""`raysel select` / `raysel score`: ingest -> dedupe (exact, near) -> the method (raysel.methods: IFD,
+IterIT, IterSelectTune) -> the run's files (raysel.outputs) -> report.
 
-The run directory (local or s3:// / gs://, raysel.rundir) is claimed first; completed steps are skipped
+The run directory (local or s3:// / gs://) is claimed first (raysel.run.context); completed steps are skipped
 on a rerun, and long map steps resume from their parts."""
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysel import schema as S
-from raysel.agree.lineage import read_agreement, scorer_section
-from raysel.config import RunConfig, ScoreConfig, dump_yaml
+from raysel.config import RunConfig, dump_yaml
 from raysel.dedupe import exact_report, find_duplicates, near_duplicates
 from raysel.io import (
     LIGHT_CPUS,
@@ -33,10 +32,11 @@ from raysel.io import (
     read_corpus,
     write_parquet_stream,
 )
+from raysel.methods import method_spec
+from raysel.methods.base import MethodResult, Rows
 from raysel.outputs import finish
-from raysel.pre_experience import pre_experience
 from raysel.readers import InputError
-from raysel.steps import Steps, stream_in_parts, without
+from raysel.run.context import RunContext, run_context
 
 if TYPE_CHECKING:
     import ray.data
@@ -50,28 +50,6 @@ class RunResult:
     """What manifest.json holds: config hash, counts, timings, outputs."""
     uri: str = ""
     """The run directory as given: `output` itself, or the s3:// / gs:// URI it is a staging copy of."""
-
-
-def _init_ray() -> dict[str, Any]:
-    """Join RAY_ADDRESS if set, else start a local Ray; keep row order so results are deterministic."""
-    import ray
-    import ray.data
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    # Ray 2.60's V2 read_parquet lists files in a task that asks a whole CPU whatever num_cpus the read is
-    # given; beside actors sized to their node (less the light tasks' 0.25) it would wait forever. The V1 reader
-    # runs every task at the num_cpus raysel passes (LIGHT_CPUS).
-    ctx.use_datasource_v2 = False
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    return {
-        "address": ray.get_runtime_context().gcs_address,
-        "nodes": len(alive),
-        "cpus": ray.cluster_resources().get("CPU", 0),
-        "gpus": ray.cluster_resources().get("GPU", 0),
-    }
 
 
 def _compact(batch: pa.Table) -> pa.Table:
@@ -105,60 +83,6 @@ def _count_parsed(summary: Path, strict: bool) -> int:
     return parsed
 
 
-_PRESENTATION = {"report.py", "summary.py"}
-"""Modules that only present finished results: editing them does not redo a run's steps."""
-
-
-def _code_hash() -> str:
-    """Hash of raysel's own source: a completed step is reused only by the code that made it."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        if path.name not in _PRESENTATION:
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-# Fields that change how fast scoring runs, never its results: changing them does not redo a finished step.
-_RESOURCE_FIELDS = ("batch_size", "token_budget", "concurrency", "num_cpus", "num_gpus", "threads", "packing")
-
-
-def scoring_identity(score: ScoreConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(score).items() if k not in _RESOURCE_FIELDS}
-
-
-def score_resources(score: ScoreConfig) -> dict[str, Any]:
-    """The scoring pool as resolved from the cluster (stages.base.resolve), as the manifest records it."""
-    from raysel.stages.base import stage_resources
-    from raysel.stages.score import IfdScoreStage
-
-    return {**stage_resources(IfdScoreStage, score), "packing": score.packing}
-
-
-def method_resources(cfg: RunConfig) -> dict[str, Any]:
-    """Every actor pool the run's method starts, as resolved from the cluster it runs on."""
-    from raysel.stages.base import stage_resources
-
-    pools = {"score": score_resources(cfg.score)}
-    if cfg.select.method == "iterselecttune":
-        from raysel.stages.classify import ClassifyRun, ClassifyStage
-        from raysel.stages.embed import EmbedStage
-        from raysel.stages.generate import GenerateStage
-        from raysel.stages.judge import JudgeRun, JudgeStage
-
-        pools = {
-            "embed": stage_resources(EmbedStage, cfg.embed),
-            "generate": stage_resources(GenerateStage, cfg.generate),
-            "classify": stage_resources(ClassifyStage, ClassifyRun(classifier=cfg.classifier, path="")),
-            "judge": stage_resources(JudgeStage, JudgeRun(judge=cfg.judge, cache_dir="")),
-        }
-    elif cfg.pre_experience.enabled and cfg.select.method == "ifd":
-        from raysel.pre_experience import embed_config
-        from raysel.stages.embed import EmbedStage
-
-        pools["pre_embed"] = stage_resources(EmbedStage, embed_config(cfg))
-    return pools
-
-
 def _dropped_key(dropped: dict[str, str]) -> str:
     return hashlib.sha256("\n".join(sorted(dropped)).encode()).hexdigest()[:16]
 
@@ -166,25 +90,37 @@ def _dropped_key(dropped: dict[str, str]) -> str:
 def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite: bool = False) -> RunResult:
     """Score (and with select=True, select) cfg.data.input into the run directory cfg.output.
 
-    An existing run directory with another config is refused unless `resume` or `overwrite` (raysel.rundir).
+    An existing run directory with another config is refused unless `resume` or `overwrite` (raysel.run.rundir).
     """
-    from raysel import rundir
-    from raysel.stages.base import StageClock, apply
-    from raysel.stages.score import IfdScoreStage
-
+    method = method_spec(cfg.select.method).load()
     files = expand_input(cfg.data.input)  # a wrong --input fails here, before Ray starts
-    agreement = read_agreement(cfg)  # so does a select.agreement directory without an agreement.json
-    rd = rundir.open_run(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite)
-    out = rd.local
-    for stale in ("manifest.json", "selected.jsonl", "report.html"):  # an earlier run's must not pass for this one's
-        (out / stale).unlink(missing_ok=True)
-    start = time.perf_counter()
-    cluster = _init_ray()
-    steps = Steps(out, timings={"ray_start": round(time.perf_counter() - start, 3)})  # fixed cost, in the breakdown
+    checked = method.check(cfg)  # so does, for IFD, a select.agreement directory without an agreement.json
+    stale = ("manifest.json", "selected.jsonl", "report.html")  # an earlier run's must not pass for this one's
+    with run_context(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite, stale=stale) as ctx:
+        ingested = _ingest(ctx, cfg, files)
+        result = method.run(ctx, cfg, ingested.rows, checked)
+        return _write(ctx, cfg, ingested, result, select)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    summary: Path
+    """The ingest step's file: id, source and reject reason of every row read (raw record of the rejected)."""
+    dropped: dict[str, str]
+    """Source of each row left out before the method (a duplicate) -> why."""
+    duplicates: dict[str, Any]
+    """The manifest's "duplicates" section."""
+    rows: Rows
+    """The rows the method selects from."""
+
+
+def _ingest(ctx: RunContext, cfg: RunConfig, files: list[str]) -> Ingested:
+    """Ingest (the summary of every row read), exact and near duplicates; the rows left for the method."""
+    steps = ctx.steps()
     # The near-duplicate settings change which rows are dropped (in the "dropped" part of later keys), not
     # what ingest reads or what the rows embed to: a new threshold reuses the ingest and the embeddings.
     rows_cfg = dataclasses.replace(cfg.data, near_dup=None, near_dedupe=False)
-    data_key = {"data": rows_cfg, "files": fingerprint(files), "code": _code_hash()}
+    data_key = {"data": rows_cfg, "files": fingerprint(files), "code": ctx.code}
 
     # A small local corpus is parsed once, here: no Ray Data read pass for the ingest, and the passes below
     # (score, the quoted texts) start from these tables in the object store instead of parsing it again.
@@ -219,48 +155,7 @@ def run(cfg: RunConfig, *, select: bool = True, resume: bool = False, overwrite:
         if cfg.data.near_dedupe:
             dropped |= near
     key = data_key | {"dropped": _dropped_key(dropped)}
-    if cfg.select.method == "iterit":
-        from raysel.iterit import run_iterit
-
-        result = run_iterit(cfg, out, rows, key, steps.timings)
-        return _write(cfg, out, summary, dropped, result.scored, select, steps, cluster, rows,
-                      {"duplicates": duplicates, "iterit": result.section, "resources": method_resources(cfg)},
-                      result.selection)  # fmt: skip
-    if cfg.select.method == "iterselecttune":
-        from raysel.iterselecttune import run_iterselecttune
-
-        res = run_iterselecttune(cfg, out, rows, key, steps.timings)
-        return _write(cfg, out, summary, dropped, res.scored, select, steps, cluster, rows,
-                      {"duplicates": duplicates, "iterselecttune": res.section, "resources": method_resources(cfg)},
-                      res.selection)  # fmt: skip
-    score_cfg, extra = cfg.score, {"scorer": scorer_section(cfg, agreement)}
-    if cfg.pre_experience.enabled and parsed > len(dropped):
-        model, extra["pre_experience"] = pre_experience(cfg, steps, rows, key)
-        # The run directory's twin in a remote store when there is one: scoring actors on other nodes load it.
-        score_cfg = dataclasses.replace(cfg.score, model=rundir.storage_uri(model))
-
-    extra["resources"] = method_resources(cfg)
-    pre_key = extra.get("pre_experience", {}).get("key")
-    score_key = key | {"score": scoring_identity(score_cfg), "pre": pre_key}
-
-    clock = StageClock()
-
-    def score(path: Path) -> int:
-        if parsed == len(dropped):  # nothing to score: no model start
-            return write_parquet_stream([], path, S.IFD_SCORES_SCHEMA)
-
-        def tables(done: pa.Array | None, offset: int):
-            # The workers drop the text: only ids and scores reach the driver (outputs.write_texts reads
-            # back the few rows whose text the outputs quote).
-            ds = apply(without(rows(), done), IfdScoreStage, score_cfg, S.IFD_SCORES_SCHEMA.names, clock)
-            return clock.strip(arrow_batches(ds))
-
-        return stream_in_parts(path, score_key, tables, S.IFD_SCORES_SCHEMA, part_rows=cfg.checkpoint_rows)
-
-    scored = steps.run("score", score_key, score)
-    if isinstance(steps.timings.get("score"), float) and (parts := clock.breakdown(steps.timings["score"])):
-        steps.timings["score_parts"] = parts
-    return _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, {"duplicates": duplicates, **extra})
+    return Ingested(summary, dropped, duplicates, Rows(dataset=rows, key=key, count=parsed - len(dropped)))
 
 
 def _peak_rss_mb() -> float:
@@ -269,14 +164,16 @@ def _peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, extra, selection=None) -> RunResult:
+def _write(ctx: RunContext, cfg: RunConfig, ingested: Ingested, result: MethodResult, select: bool) -> RunResult:
     """The run's final files, manifest.json (its presence means the run finished), then report.html."""
-    from raysel import rundir
-
+    out, timings, scored = ctx.out, ctx.timings, result.scored
     start = time.perf_counter()
-    manifest = finish(cfg, out, summary, dropped, scored, select, rows, selection)
-    steps.timings["write"] = round(time.perf_counter() - start, 3)
-    manifest |= {**extra, "timings_s": steps.timings, "ray": cluster, "driver_peak_rss_mb": _peak_rss_mb()}
+    manifest = finish(
+        cfg, out, ingested.summary, ingested.dropped, scored, select, ingested.rows.dataset, result.selection
+    )
+    timings["write"] = round(time.perf_counter() - start, 3)
+    manifest |= {"duplicates": ingested.duplicates, **result.sections, "timings_s": timings, "ray": ctx.cluster,
+                 "driver_peak_rss_mb": _peak_rss_mb()}  # fmt: skip
     manifest["tables"] = {"scored": Path(scored).relative_to(out).as_posix(), "texts": "steps/texts.parquet"}
     if "report.html" not in manifest["outputs"]:
         manifest["outputs"] = sorted([*manifest["outputs"], "report.html"])
@@ -285,7 +182,6 @@ def _write(cfg, out, summary, dropped, scored, select, steps, cluster, rows, ext
     _report(out)
     manifest["timings_s"]["report"] = round(time.perf_counter() - start, 3)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    rundir.sync(final=True)
     return RunResult(output=out, manifest=manifest, uri=cfg.output)
 
 

@@ -29,6 +29,7 @@ from raysel.io import (
     write_jsonl,
     write_parquet_stream,
 )
+from raysel.methods import method_spec
 from raysel.select.topk import IFD_ABOVE_1, Selection, select_top_ifd
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def finish(
     method's (IterIT's); by default the IFD top k of `scored`.
     """
     ifd, unscorable_rows, unscorable = _scores(scored)
-    sel = selection or select_top_ifd(ifd, ratio=cfg.select.ratio, k=cfg.select.k)
+    sel = selection or select_top_ifd(ifd, ratio=method_spec(cfg.select.method).ratio(cfg.select.ratio), k=cfg.select.k)
     _write_scores(scored, out / "scores.parquet", sel if select else None)
     from raysel.report import example_positions
 

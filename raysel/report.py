@@ -5,11 +5,9 @@ Run: ``raysel report RUN_DIR`` (or ``write_report(Path(RUN_DIR))``).
 
 from __future__ import annotations
 
-import base64
 import datetime
-import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from html import escape as _e
 from pathlib import Path
 from typing import Any
@@ -19,10 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raysel import __version__
+from raysel import __version__, html
 from raysel import schema as S
 from raysel.agree import METRICS
 from raysel.io import iter_parquet, read_columns, take_rows
+from raysel.methods import METHODS
 
 PLOTTED = (
     S.SCORE_IFD, S.SCORE_IFD_PPL, S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_CLASSIFIER, S.SCORE_SIMILARITY, S.SCORE_IST,
@@ -34,17 +33,7 @@ TEXT_STEPS = ("steps/texts.parquet", "steps/score.parquet", "steps/iterit_scores
               "scores.parquet")  # fmt: skip
 """Where the text of scored rows is looked for when the manifest names no "texts" table (runs of older
 versions kept it in the score step and scores.parquet)."""
-SECRET_WORDS = ("key", "token", "secret", "password")
-N_EXAMPLES, CLIP = 10, 300
-
-CSS = """body { font-family: system-ui, sans-serif; margin: 1em auto; max-width: 1200px; padding: 0 1em; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; } th { background: #f3f3f3; }
-th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; } p.note { color: #666; font-style: italic; }
-td.text { white-space: pre-wrap; word-break: break-word; max-width: 24em; } img { max-width: 100%; display: block; }
-td.id { font-family: monospace; font-size: 0.8em; word-break: break-all; max-width: 9em; }
-.row { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }"""
+N_EXAMPLES = 10
 
 
 def write_report(run_dir: Path) -> Path:
@@ -61,7 +50,7 @@ def write_report(run_dir: Path) -> Path:
     ]  # fmt: skip
     title = _e(f"raysel report: {run_dir.name}")
     page = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-    page += f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    page += f"<style>{html.CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -122,84 +111,6 @@ def _from_raw(raw: str) -> dict[str, str]:
     return {k: str(rec.get(k) or "") for k in (S.INSTRUCTION, S.INPUT, S.OUTPUT)}
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list | dict):
-        return _clip(json.dumps(value, default=str), 120)
-    return "" if value is None else str(value)
-
-
-def _clip(text: str, n: int = CLIP) -> str:
-    return text if len(text) <= n else text[:n] + "…"
-
-
-def _cell(value: Any, cls: str = "") -> str:
-    if not cls and isinstance(value, int | float) and not isinstance(value, bool):
-        cls = "num"
-    return f'<td class="{cls}">{_e(_fmt(value))}</td>' if cls else f"<td>{_e(_fmt(value))}</td>"
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], classes: dict[int, str] | None = None) -> str:
-    """An HTML table; `classes` gives some columns a CSS class ("text", "id")."""
-    classes = classes or {}
-    head = "".join(f"<th>{_e(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(_cell(v, classes.get(i, "")) for i, v in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_e(text)}</p>'
-
-
-def _img(fig: Any, alt: str) -> str:
-    """The figure as an embedded PNG (the Agg canvas; pyplot's global state is never touched)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _axes(width: float, height: float, rows: int = 1, cols: int = 1) -> Any:
-    """A grid of Axes on a new Agg figure (never pyplot: no global state, safe in any thread)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig.subplots(rows, cols, squeeze=False)
-
-
-def _label(ax: Any, xlabel: str, ylabel: str, legend: bool = False) -> None:
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.tick_params(labelsize=8)
-    if legend:
-        ax.legend(fontsize=7)
-
-
-def _inline(value: Any) -> Any:
-    """A nested dict as one short line ("calls 6, verdicts (model 2, tie 1)"); other values as they are."""
-    if not isinstance(value, dict):
-        return value
-    return ", ".join(f"{k} ({_inline(v)})" if isinstance(v, dict) else f"{k} {_fmt(v)}" for k, v in value.items())
-
-
-def _kv(pairs: Iterable[tuple[str, Any]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{_e(str(k))}</th>{_cell(v)}</tr>" for k, v in pairs) + "</table>"
-
-
-def _records_table(records: Sequence[dict[str, Any]]) -> str:
-    """One row per record, one column per top-level key; nested dicts inline in one wrapped cell."""
-    keys = list(dict.fromkeys(k for r in records for k in r))
-    texts = {i: "text" for i, k in enumerate(keys) if any(isinstance(r.get(k), dict) for r in records)}
-    return _table(keys, ([_inline(r.get(k)) for k in keys] for r in records), texts)
-
-
-def _row(*parts: str) -> str:
-    return '<div class="row">' + "".join(f"<div>{p}</div>" for p in parts) + "</div>"
-
-
 def _header(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
     cfg, c = manifest.get("config", {}), manifest.get("counts", {})
     mode = "selection" if _selected(scores) is not None else "scores only (no selection)"
@@ -214,24 +125,24 @@ def _header(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
     if not manifest:
         summary = "manifest.json is missing: the run did not finish"
     head = f"<h1>raysel report: {_e(run_dir.name)}</h1><p><b>{_e(summary)}</b></p>"
-    return head + _row(_kv(meta), _table(["count", "rows"], c.items()) if c else "")
+    return head + html.row(html.kv(meta), html.table(["count", "rows"], c.items()) if c else "")
 
 
 def _distributions(scores: pa.Table) -> str:
     head = "<h2>Score distributions</h2>"
     cols = [c for c in PLOTTED if c in scores.column_names and np.isfinite(_floats(scores, c)).any()]
     if not scores.num_rows or not cols:
-        return head + _note("no rows scored")
+        return head + html.note("no rows scored")
     sel = _selected(scores)
     ncols = min(3, len(cols))
     nrows = -(-len(cols) // ncols)
-    axes = _axes(4.2 * ncols, 2.8 * nrows, nrows, ncols).ravel()
+    axes = html.axes(4.2 * ncols, 2.8 * nrows, nrows, ncols).ravel()
     for ax in axes[len(cols) :]:
         ax.set_axis_off()
     for ax, name in zip(axes, cols, strict=False):
         _histogram(ax, _floats(scores, name), sel, name)
     legend = "each group as shares of its own rows" if sel is not None else "all scored rows (no selection)"
-    return head + _note(f"{legend}; NaN (unscored) rows left out") + _img(axes[0].figure, "score histograms")
+    return head + html.note(f"{legend}; NaN (unscored) rows left out") + html.img(axes[0].figure, "score histograms")
 
 
 def _histogram(ax: Any, values: np.ndarray, sel: np.ndarray | None, name: str) -> None:
@@ -253,7 +164,7 @@ def _histogram(ax: Any, values: np.ndarray, sel: np.ndarray | None, name: str) -
     if name in IFD_LIKE:
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label="IFD = 1")
     ax.set_title(f"{name} (middle 99%)" if clip else name, fontsize=10)
-    _label(ax, "", "share of rows", legend=True)
+    html.label(ax, "", "share of rows", legend=True)
 
 
 def _rounds(manifest: dict[str, Any]) -> str:
@@ -261,21 +172,21 @@ def _rounds(manifest: dict[str, Any]) -> str:
     it, ist = manifest.get("iterit"), manifest.get("iterselecttune")
     if it:
         info = f"IterIT: k {it.get('k')} of {it.get('rows')} rows per epoch, strategy {it.get('strategy')}"
-        return head + _note(info) + _records_table(it["epochs"]) + _bars(it["epochs"], "epoch", "picked")
+        return head + html.note(info) + html.records_table(it["epochs"]) + _bars(it["epochs"], "epoch", "picked")
     if ist:
         info = (f"IterSelectTune: subset {ist.get('subset')} of {ist.get('rows')} rows, budget {ist.get('budget')}, "
                 f"batch {ist.get('batch')}; stopped: {ist.get('stop')}")  # fmt: skip
-        return head + _note(info) + _records_table(ist["rounds"]) + _bars(ist["rounds"], "round", "hard_added")
-    return head + _note("one pass: this method has no rounds")
+        return head + html.note(info) + html.records_table(ist["rounds"]) + _bars(ist["rounds"], "round", "hard_added")
+    return head + html.note("one pass: this method has no rounds")
 
 
 def _bars(records: Sequence[dict[str, Any]], key: str, added: str) -> str:
     if not records:
         return ""
-    ax = _axes(min(10.0, 0.4 * len(records) + 1.5), 1.8)[0, 0]
+    ax = html.axes(min(10.0, 0.4 * len(records) + 1.5), 1.8)[0, 0]
     ax.bar([str(r.get(key)) for r in records], [r.get(added, 0) for r in records], color="#4878a8")
-    _label(ax, key, f"rows ({added})")
-    return _img(ax.figure, f"rows added per {key}")
+    html.label(ax, key, f"rows ({added})")
+    return html.img(ax.figure, f"rows added per {key}")
 
 
 def _clusters(run_dir: Path, scores: pa.Table) -> np.ndarray | None:
@@ -296,12 +207,12 @@ def _coverage(run_dir: Path, scores: pa.Table) -> str:
     head = "<h2>Cluster coverage</h2>"
     labels = _clusters(run_dir, scores)
     if labels is None or not (labels >= 0).any():
-        return head + _note("this run has no per-row cluster assignments (no K-Means step)")
+        return head + html.note("this run has no per-row cluster assignments (no K-Means step)")
     sel = _selected(scores)
     k = int(labels.max()) + 1
     known = labels >= 0
     corpus = np.bincount(labels[known], minlength=k) / known.sum()
-    ax, x = _axes(min(12.0, max(4.0, 0.25 * k + 2)), 2.6)[0, 0], np.arange(k)
+    ax, x = html.axes(min(12.0, max(4.0, 0.25 * k + 2)), 2.6)[0, 0], np.arange(k)
     ax.bar(x - 0.2, corpus, width=0.4, color="#aaaaaa", label="corpus")
     line = f"{k} clusters over {int(known.sum())} rows"
     if sel is not None and (sel & known).any():
@@ -309,19 +220,23 @@ def _coverage(run_dir: Path, scores: pa.Table) -> str:
         ax.bar(x + 0.2, chosen, width=0.4, color="#d9622b", label="selection")
         line += f"; the selection covers {int((chosen > 0).sum())} of them"
     ax.set_xticks(x if k <= 30 else x[:: -(-k // 30)])
-    _label(ax, "cluster", "share of rows", legend=True)
-    return head + _note(line) + _img(ax.figure, "cluster shares")
+    html.label(ax, "cluster", "share of rows", legend=True)
+    return head + html.note(line) + html.img(ax.figure, "cluster shares")
 
 
 def _reasons(manifest: dict[str, Any], scores: pa.Table) -> str:
     head = "<h2>Rejected rows and selection reasons</h2>"
     rejected = manifest.get("rejected_by_reason", {})
-    left = _table(["rejected before selection", "rows"], rejected.items()) if rejected else _note("no rows rejected")
+    left = (
+        html.table(["rejected before selection", "rows"], rejected.items())
+        if rejected
+        else html.note("no rows rejected")
+    )
     right = ""
     if S.SELECT_REASON in scores.column_names and scores.num_rows:
         counts = pc.value_counts(scores[S.SELECT_REASON]).to_pylist()
-        right = _table(["select_reason", "rows"], sorted((c["values"], c["counts"]) for c in counts))
-    return head + _row(left, right)
+        right = html.table(["select_reason", "rows"], sorted((c["values"], c["counts"]) for c in counts))
+    return head + html.row(left, right)
 
 
 def _scorer(manifest: dict[str, Any]) -> str:
@@ -333,47 +248,47 @@ def _scorer(manifest: dict[str, Any]) -> str:
     pairs = [("scorer", scorer["model"]), ("target model", scorer["target_model"])]
     agreement = scorer.get("agreement")
     if agreement is None:
-        return head + _kv(pairs) + _note("no `raysel agree` run for this pair: the stand-in is unchecked")
+        return head + html.kv(pairs) + html.note("no `raysel agree` run for this pair: the stand-in is unchecked")
     pairs += [("verdict", agreement.get("verdict")), ("agreement run", agreement["dir"])]
     pairs += [(k, agreement.get(k)) for k in ("matches", "same_corpus", "same_scoring")]
     stats = [(k, agreement[k]) for k in METRICS if isinstance(agreement.get(k), dict)]
-    table = _table(
+    table = html.table(
         ["statistic", "value", "95% low", "95% high"], [[k, v["value"], v["low"], v["high"]] for k, v in stats]
     )
-    return head + _row(_kv(pairs), table)
+    return head + html.row(html.kv(pairs), table)
 
 
 def _judge(manifest: dict[str, Any]) -> str:
     head = "<h2>Judge and API cost</h2>"
     judge = manifest.get("iterselecttune", {}).get("judge")
     if not judge:
-        return head + _note("this method calls no judge")
-    return head + _kv((k, _inline(v)) for k, v in judge.items())
+        return head + html.note("this method calls no judge")
+    return head + html.kv((k, html.inline(v)) for k, v in judge.items())
 
 
 def _timings(manifest: dict[str, Any]) -> str:
     head = "<h2>Timings</h2>"
     timings = manifest.get("timings_s", {})
     if not timings:
-        return head + _note("no timings recorded")
-    table = _table(["stage", "seconds"], timings.items())
+        return head + html.note("no timings recorded")
+    table = html.table(["stage", "seconds"], timings.items())
     timed = [(k, float(v)) for k, v in timings.items() if isinstance(v, int | float)]
     if not timed:
         return head + table
-    ax = _axes(6.0, 0.3 * len(timed) + 0.8)[0, 0]
+    ax = html.axes(6.0, 0.3 * len(timed) + 0.8)[0, 0]
     ax.barh([k for k, _ in timed][::-1], [v for _, v in timed][::-1], color="#4878a8")
-    _label(ax, "seconds", "")
-    return head + _row(table, _img(ax.figure, "timings"))
+    html.label(ax, "seconds", "")
+    return head + html.row(table, html.img(ax.figure, "timings"))
 
 
 def _main_score(manifest: dict[str, Any], scores: pa.Table) -> tuple[str, np.ndarray] | None:
-    """What the method ranks by: score_ifd (IFD), score_ifd_ppl (IterIT), score_ist (IterSelectTune; minus
-    the rank when no row has one)."""
-    method, names = _method(manifest), scores.column_names
-    name = {"iterit": S.SCORE_IFD_PPL, "iterselecttune": S.SCORE_IST}.get(method, S.SCORE_IFD)
+    """What the method ranks by (its registry entry's rank_column: score_ifd, score_ifd_ppl, score_ist); a
+    method that scores no IFD falls back on minus its rank when no row has that score."""
+    spec, names = METHODS.get(_method(manifest)), scores.column_names
+    name = spec.rank_column if spec else S.SCORE_IFD
     if name in names and np.isfinite(_floats(scores, name)).any():
         return name, _floats(scores, name)
-    if method == "iterselecttune" and S.RANK_IFD in names:
+    if S.SCORE_IFD not in names and S.RANK_IFD in names:
         rank = _floats(scores, S.RANK_IFD)
         return "rank", np.where(rank > 0, -rank, np.nan)
     return None
@@ -404,13 +319,13 @@ def _examples(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
     head = "<h2>Examples</h2>"
     picked = example_rows(_method(manifest), scores)
     if picked is None:
-        return head + _note("no rows scored")
+        return head + html.note("no rows scored")
     name, values, top, bottom = picked
     shown = np.unique(np.concatenate([top, bottom]))
     at = dict(zip(shown.tolist(), take_rows(run_dir / "scores.parquet", shown, [S.ID])[S.ID].to_pylist(), strict=True))
     texts = texts_of(run_dir, manifest, list(at.values()))  # at most 20 rows
     if not texts:
-        head += _note("the text of scored rows is not in this run directory")
+        head += html.note("the text of scored rows is not in this run directory")
     tables = [
         _example_table(scores, rows, [at[i] for i in rows.tolist()], name, values, texts) for rows in (top, bottom)
     ]
@@ -424,25 +339,18 @@ def _example_table(
     picked = scores.take(pa.array(rows))
     reasons = picked[S.SELECT_REASON].to_pylist() if S.SELECT_REASON in picked.column_names else [""] * len(rows)
     shown = -values[rows] if name == "rank" else values[rows]
+    fields = (S.INSTRUCTION, S.INPUT, S.OUTPUT)
     out = [
-        [rid, float(v), why, *(_clip(str(texts.get(rid, {}).get(c) or "")) for c in (S.INSTRUCTION, S.INPUT, S.OUTPUT))]
+        [rid, float(v), why, *(html.clip(str(texts.get(rid, {}).get(c) or "")) for c in fields)]
         for rid, v, why in zip(ids, shown, reasons, strict=True)
     ]
     header = ["id", name, "select_reason", "instruction", "input", "output"]
-    return _table(header, out, {0: "id", 3: "text", 4: "text", 5: "text"})
-
-
-def _redact(cfg: Any) -> Any:
-    """The config without any key that could hold a secret (the config names env vars, never values)."""
-    if not isinstance(cfg, dict):
-        return cfg
-    keep = [k for k in cfg if k == "api_key_env" or not any(w in k.lower() for w in SECRET_WORDS)]
-    return {k: _redact(cfg[k]) for k in keep}
+    return html.table(header, out, {0: "id", 3: "text", 4: "text", 5: "text"})
 
 
 def _config(manifest: dict[str, Any]) -> str:
     cfg = manifest.get("config")
     if not cfg:
         return ""
-    rows = ((k, _inline(v)) for k, v in _redact(cfg).items())
-    return f"<h2>Config</h2><details><summary>resolved config</summary>{_kv(rows)}</details>"
+    rows = ((k, html.inline(v)) for k, v in html.redact(cfg).items())
+    return f"<h2>Config</h2><details><summary>resolved config</summary>{html.kv(rows)}</details>"

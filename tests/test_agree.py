@@ -16,6 +16,7 @@ from raysel.agree.stats import spearman
 from raysel.cli import main
 
 
+@pytest.mark.slow  # SmolLM2 scores real rows twice
 def test_smollm2_against_itself_agrees_exactly(ray_local, shared_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "agree"
     args = ["agree", "--input", str(shared_data / "alpaca_gpt4_1k.json"), "--output", str(out), "--small", "smollm2",
@@ -35,6 +36,7 @@ def test_smollm2_against_itself_agrees_exactly(ray_local, shared_data: Path, tmp
     assert "<img" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow  # ~25 s here: three full `raysel agree` runs on Ray
 def test_two_different_scorers_and_the_seeded_sample(ray_local, tmp_path: Path) -> None:
     """The fake scorer against SmolLM2-sized nothing: plumbing, the sample and the statistics' inputs."""
     rows = [{"instruction": f"task {i} " + "word " * (i % 7), "input": "", "output": f"answer {i} " * (1 + i % 5)}
@@ -60,6 +62,7 @@ def test_two_different_scorers_and_the_seeded_sample(ray_local, tmp_path: Path) 
     assert a["small"]["scoring"]["template"] == "wiz" and a["data"]["input"] == str(corpus)
 
 
+@pytest.mark.slow  # ~30 s here: seven full agree/select runs on Ray
 def test_a_selection_scored_by_a_small_model_carries_its_agreement(ray_local, tmp_path: Path, capsys) -> None:
     rows = [{"instruction": f"task {i} " + "word " * (i % 7), "input": "", "output": f"answer {i} " * (1 + i % 5)}
             for i in range(30)]  # fmt: skip

@@ -6,7 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.loopback import BIN, loopback_cluster
+
+pytestmark = pytest.mark.slow  # starts a loopback Ray cluster (head + worker processes)
 
 TINY = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
 

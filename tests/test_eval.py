@@ -62,6 +62,7 @@ def evaluated(sets, shared_data: Path, server, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # the `evaluated` run fine-tunes models with Ray Train
 def test_models_are_trained_on_their_sets_with_the_heldout_rows_left_out(evaluated: Path, sets) -> None:
     r = json.loads((evaluated / "results.json").read_text())
     ts = r["train_sets"]
@@ -83,6 +84,7 @@ def test_models_are_trained_on_their_sets_with_the_heldout_rows_left_out(evaluat
         assert held.num_rows == HELDOUT and min(held[S.N_ANSWER_TOKENS].to_pylist()) > 0
 
 
+@pytest.mark.slow  # the `evaluated` run fine-tunes models with Ray Train
 def test_answers_come_from_each_fine_tuned_model(evaluated: Path) -> None:
     answers = {
         n: pq.read_table(evaluated / "steps" / f"answers_{n}.parquet").to_pylist() for n in ("full", "sel", "rand")
@@ -94,6 +96,7 @@ def test_answers_come_from_each_fine_tuned_model(evaluated: Path) -> None:
     assert [r[S.GENERATED] for r in answers["sel"]] != [r[S.GENERATED] for r in answers["full"]]
 
 
+@pytest.mark.slow  # the `evaluated` run fine-tunes models with Ray Train
 def test_winning_score_matches_the_verdicts_predicted_from_the_answers(evaluated: Path, server) -> None:
     r = json.loads((evaluated / "results.json").read_text())
     assert set(r["comparisons"]) == {"sel vs full", "rand vs full"}
@@ -118,6 +121,7 @@ def test_winning_score_matches_the_verdicts_predicted_from_the_answers(evaluated
     assert html.count("<img") >= 2 and "Winning score" in html
 
 
+@pytest.mark.slow  # the `evaluated` run fine-tunes models with Ray Train
 def test_a_rerun_redoes_nothing(evaluated: Path, sets, shared_data: Path, server, capsys) -> None:
     before = server.requests
     assert main(_args(evaluated, sets, shared_data, server.url)) == 0
@@ -140,12 +144,13 @@ def test_bad_arguments_stop_before_any_work(tmp_path: Path, shared_data: Path, c
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # the `evaluated` run fine-tunes models with Ray Train
 def test_the_judge_budget_stops_a_comparison_cleanly_and_the_cache_resumes_it(
     evaluated: Path, sets, shared_data: Path, server, tmp_path: Path
 ) -> None:
     from raysel.config import load_eval_config
     from raysel.evaluate.run import _judge
-    from raysel.iterselecttune import BudgetReached
+    from raysel.judge import BudgetReached
 
     values = {"output": str(tmp_path), "train_sets": {k: str(v) for k, v in sets.items()},
               "test_dir": str(shared_data / "testsets"), "judge.backend": "openai", "judge.model": "loopback-judge",

@@ -15,6 +15,7 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 MODES = ["loop", "padded", "packed", "packed-bf16"]
 
 
+@pytest.mark.slow  # ~12 s here: the benchmark script in a subprocess, 4 modes
 def test_gpu_score_bench_cpu_shrink(tmp_path: Path) -> None:
     if not (DATA / "alpaca_gpt4_1k.json").is_file():
         pytest.skip(f"{DATA} is absent")

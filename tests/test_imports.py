@@ -25,7 +25,10 @@ def test_light_modules_load_no_engine() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["raysel", "raysel.stages.base", "raysel.stages.score", "raysel.backends.base", "raysel.driver"]
-)
+    "module",
+    ["raysel", "raysel.stages.base", "raysel.stages.score", "raysel.backends.base", "raysel.driver", "raysel.methods",
+     "raysel.methods.ifd", "raysel.methods.iterit", "raysel.methods.iterselecttune", "raysel.run.context",
+     "raysel.judge", "raysel.html", "raysel.report"],
+)  # fmt: skip
 def test_module_loads_no_engine(module: str) -> None:
     assert _loaded_after(module) == []

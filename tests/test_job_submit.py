@@ -14,7 +14,11 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.loopback import BIN, loopback_cluster
+
+pytestmark = pytest.mark.slow  # starts a loopback Ray cluster with the job server
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "assets" / "tiny_instructions.jsonl"

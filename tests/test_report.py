@@ -120,6 +120,7 @@ def test_run_with_no_rows_scored(ray_local, tmp_path: Path) -> None:
     assert "<h3>" not in page
 
 
+@pytest.mark.slow  # the iterit run fine-tunes with Ray Train
 def test_iterit_run_report(iterit_run: Path) -> None:
     page = _checked(iterit_run)
     epochs = json.loads((iterit_run / "manifest.json").read_text())["iterit"]["epochs"]
@@ -192,6 +193,7 @@ def _screenshot(report: Path, png: Path, tmp: Path) -> np.ndarray:
     return matplotlib.image.imread(png)
 
 
+@pytest.mark.slow  # the iterit run fine-tunes with Ray Train; Chromium renders
 @pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} to render report.html")
 def test_report_renders_in_headless_chromium(ifd_run: Path, iterit_run: Path, tmp_path: Path) -> None:
     for name, run_dir in (("ifd", ifd_run), ("iterit", iterit_run)):

@@ -14,6 +14,7 @@ from raysel.driver import run
 
 pytestmark = [
     pytest.mark.vllm,
+    pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed"),
 ]
 
@@ -40,7 +41,7 @@ def test_vllm_scores_agree_with_hf(shared_data: Path, ray_local, tmp_path: Path)
 
 def test_vllm_embeddings_agree_with_hf(shared_data: Path, ray_local, tmp_path: Path) -> None:
     """The embed step on vLLM's pooling runner gives the hf encoder's vectors (all-MiniLM-L6-v2)."""
-    from raysel.steps import read_vectors
+    from raysel.vectors import read_vectors
 
     vectors = {}
     for backend in ("hf", "vllm"):

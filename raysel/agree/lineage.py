@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raysel.agree import METRICS
-from raysel.config import ConfigError, RunConfig
+from raysel.config import ConfigError, RunConfig, identity
 from raysel.io import json_safe
 
 COPIED = ("verdict", "rows", "both_scored", "ratio", *METRICS)
@@ -36,7 +36,7 @@ def _fs(uri: str) -> tuple[Any, str]:
     """pyarrow FileSystem and path of a local or remote (s3://, gs://) directory."""
     import pyarrow.fs as pafs
 
-    from raysel.rundir import is_remote
+    from raysel.run.rundir import is_remote
 
     if is_remote(uri):
         return pafs.FileSystem.from_uri(uri)
@@ -85,8 +85,6 @@ def _discover(cfg: RunConfig) -> dict[str, Any] | None:
 def read_agreement(cfg: RunConfig) -> dict[str, Any] | None:
     """select.agreement's agreement.json (checked before any work); else one found in the lineage; else None.
     The returned dict carries the directory under "dir"."""
-    if cfg.select.method != "ifd":
-        return None
     if cfg.select.agreement is None:
         return _discover(cfg)
     fs, root = _fs(cfg.select.agreement)
@@ -105,15 +103,13 @@ def scorer_section(cfg: RunConfig, agreement: dict[str, Any] | None) -> dict[str
     target = _target(cfg)
     out: dict[str, Any] = {"model": cfg.score.model, "target_model": target, "same": target == cfg.score.model}
     if agreement is not None:
-        from raysel.driver import scoring_identity
-
         pair = _pair(agreement)
         measured_on = agreement.get("data", {}).get("input")
         settings = agreement.get("small", {}).get("scoring")
         out["agreement"] = {"dir": agreement["dir"], "small": pair[0], "large": pair[1],
                             "matches": pair == (cfg.score.model, target), "corpus": measured_on,
                             "same_corpus": measured_on == cfg.data.input,
-                            "same_scoring": settings == _as_json(scoring_identity(cfg.score)),
+                            "same_scoring": settings == _as_json(identity(cfg.score)),
                             **{k: agreement[k] for k in COPIED if k in agreement}}  # fmt: skip
         a = out["agreement"]
         if not a["matches"]:

@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 from raysel import schema as S
 from raysel.agree import METRICS
 from raysel.agree.stats import agreement, verdict
-from raysel.config import AgreeConfig, ScoreConfig, dump_yaml
+from raysel.config import AgreeConfig, ScoreConfig, dump_yaml, identity
 from raysel.io import LIGHT_CPUS, arrow_batches, expand_input, fingerprint, json_safe, take_rows, write_parquet_stream
 from raysel.readers import InputError
-from raysel.steps import Steps
+from raysel.run.context import run_context
 
 SCORED = [S.ID, S.SOURCE, S.SCORE_IFD, S.N_ANSWER_TOKENS, S.PROMPT_TOKENS, S.REJECT_REASON]
 
@@ -41,53 +41,49 @@ def _good(batch: pa.Table) -> pa.Table:
 
 
 def run_agree(cfg: AgreeConfig, *, resume: bool = False, overwrite: bool = False) -> AgreeResult:
-    from raysel import rundir
-    from raysel.driver import _code_hash, _init_ray, scoring_identity
     from raysel.io import read_corpus
 
     files = expand_input(cfg.data.input)
-    rd = rundir.open_run(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite)
-    out = rd.local
-    for stale in ("agreement.json", "report.html"):
-        (out / stale).unlink(missing_ok=True)
-    cluster = _init_ray()
-    steps = Steps(out)
-    key = {"data": cfg.data, "files": fingerprint(files), "code": _code_hash()}
+    stale = ("agreement.json", "report.html")
+    with run_context(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite, stale=stale) as ctx:
+        out, steps = ctx.out, ctx.steps()
+        key = {"data": cfg.data, "files": fingerprint(files), "code": ctx.code}
 
-    def rows(path: Path) -> int:
-        ds = read_corpus(cfg.data, files).map_batches(_good, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
-        return write_parquet_stream(arrow_batches(ds), path, S.CANONICAL_SCHEMA)
+        def rows(path: Path) -> int:
+            ds = read_corpus(cfg.data, files).map_batches(_good, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+            return write_parquet_stream(arrow_batches(ds), path, S.CANONICAL_SCHEMA)
 
-    rows_path = steps.run("rows", key, rows)
-    n = pq.ParquetFile(rows_path).metadata.num_rows
-    if n < 2:
-        raise InputError(f"{cfg.data.input}: {n} usable rows; agreement needs at least 2")
-    size = min(cfg.sample, n)
-    positions = np.sort(np.random.default_rng(cfg.seed).choice(n, size=size, replace=False))
-    key |= {"sample": size, "seed": cfg.seed}
-    cols = [S.ID, S.SOURCE, S.INSTRUCTION, S.INPUT, S.OUTPUT]
-    sample_path = steps.run("sample", key, lambda p: write_parquet_stream([take_rows(rows_path, positions, cols)], p))
-    sample = pq.read_table(sample_path)
-    scored, costs = {}, {}
-    for which in ("small", "large"):
-        score_cfg: ScoreConfig = getattr(cfg, which)
-        name, identity = f"score_{which}", scoring_identity(score_cfg)
-        seconds = steps.dir / f"{name}.seconds.json"  # the step's wall time, kept for reruns that skip it
-        path = steps.run(name, key | {"score": identity, "model_files": _model_stamp(score_cfg.model)},
-                         lambda p, c=score_cfg, t=seconds: _score(sample, c, p, t))  # fmt: skip
-        scored[which] = pq.read_table(path)
-        if not scored[which][S.ID].equals(sample[S.ID]):
-            raise RuntimeError(f"{path.name} does not hold the sample's rows in order: delete it and rerun")
-        took = json.loads(seconds.read_text()) if seconds.is_file() else None
-        costs[which] = _cost(score_cfg, scored[which], took) | {"scoring": identity}
-    ifd = {w: scored[w][S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64) for w in scored}
-    result = agreement(ifd["small"], ifd["large"], ratio=cfg.ratio, rounds=cfg.bootstrap, seed=cfg.seed)
-    result = {"verdict": verdict(result), **result, "small": costs["small"], "large": costs["large"],
-              "data": {"input": cfg.data.input, "limit": cfg.data.limit}, "corpus_rows": n,
-              "timings_s": steps.timings, "ray": cluster}  # fmt: skip
-    (out / "agreement.json").write_text(json.dumps(json_safe(result), indent=2, default=str))
-    _report(out, ifd, result)
-    rundir.sync(final=True)
+        rows_path = steps.run("rows", key, rows)
+        n = pq.ParquetFile(rows_path).metadata.num_rows
+        if n < 2:
+            raise InputError(f"{cfg.data.input}: {n} usable rows; agreement needs at least 2")
+        size = min(cfg.sample, n)
+        positions = np.sort(np.random.default_rng(cfg.seed).choice(n, size=size, replace=False))
+        key |= {"sample": size, "seed": cfg.seed}
+        cols = [S.ID, S.SOURCE, S.INSTRUCTION, S.INPUT, S.OUTPUT]
+        sample_path = steps.run(
+            "sample", key, lambda p: write_parquet_stream([take_rows(rows_path, positions, cols)], p)
+        )
+        sample = pq.read_table(sample_path)
+        scored, costs = {}, {}
+        for which in ("small", "large"):
+            score_cfg: ScoreConfig = getattr(cfg, which)
+            name, scoring = f"score_{which}", identity(score_cfg)
+            seconds = steps.dir / f"{name}.seconds.json"  # the step's wall time, kept for reruns that skip it
+            path = steps.run(name, key | {"score": scoring, "model_files": _model_stamp(score_cfg.model)},
+                             lambda p, c=score_cfg, t=seconds: _score(sample, c, p, t))  # fmt: skip
+            scored[which] = pq.read_table(path)
+            if not scored[which][S.ID].equals(sample[S.ID]):
+                raise RuntimeError(f"{path.name} does not hold the sample's rows in order: delete it and rerun")
+            took = json.loads(seconds.read_text()) if seconds.is_file() else None
+            costs[which] = _cost(score_cfg, scored[which], took) | {"scoring": scoring}
+        ifd = {w: scored[w][S.SCORE_IFD].to_numpy(zero_copy_only=False).astype(np.float64) for w in scored}
+        result = agreement(ifd["small"], ifd["large"], ratio=cfg.ratio, rounds=cfg.bootstrap, seed=cfg.seed)
+        result = {"verdict": verdict(result), **result, "small": costs["small"], "large": costs["large"],
+                  "data": {"input": cfg.data.input, "limit": cfg.data.limit}, "corpus_rows": n,
+                  "timings_s": ctx.timings, "ray": ctx.cluster}  # fmt: skip
+        (out / "agreement.json").write_text(json.dumps(json_safe(result), indent=2, default=str))
+        _report(out, ifd, result)
     return AgreeResult(output=out, result=result)
 
 
@@ -133,21 +129,21 @@ def _report(out: Path, ifd: dict[str, np.ndarray], result: dict[str, Any]) -> No
     """report.html: the verdict, the statistics and a scatter plot of the two IFD scores."""
     from html import escape
 
-    from raysel.report import CSS, _axes, _img, _label, _table
+    from raysel import html
 
-    ax = _axes(4.2, 4.0)[0][0]
+    ax = html.axes(4.2, 4.0)[0][0]
     ok = np.isfinite(ifd["small"]) & np.isfinite(ifd["large"])
     ax.scatter(ifd["large"][ok], ifd["small"][ok], s=6, alpha=0.5)
     ax.axvline(1.0, color="k", linewidth=0.6, linestyle="--")
     ax.axhline(1.0, color="k", linewidth=0.6, linestyle="--")
-    _label(ax, f"IFD, large scorer ({result['large']['model']})", f"IFD, small scorer ({result['small']['model']})")
+    html.label(ax, f"IFD, large scorer ({result['large']['model']})", f"IFD, small scorer ({result['small']['model']})")
     rows = [[n, result[n]["value"], result[n]["low"], result[n]["high"]] for n in METRICS]
     costs = [[w, result[w]["model"], result[w]["tokens"], result[w]["rows_per_s"]] for w in ("small", "large")]
     body = (
         f"<h1>raysel agree: {escape(out.name)}</h1><h2>Scorer agreement</h2><p>{escape(result['verdict'])}</p>"
-        + _img(ax.figure, "IFD of each sampled row by the two scorers")
-        + _table(["statistic", "value", "95% low", "95% high"], rows)
-        + _table(["scorer", "model", "tokens", "rows/s"], costs)
+        + html.img(ax.figure, "IFD of each sampled row by the two scorers")
+        + html.table(["statistic", "value", "95% low", "95% high"], rows)
+        + html.table(["scorer", "model", "tokens", "rows/s"], costs)
     )
     page = '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>raysel agree</title>'
-    (out / "report.html").write_text(page + f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+    (out / "report.html").write_text(page + f"<style>{html.CSS}</style></head><body>{body}</body></html>\n")

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from raysel import __version__
-from raysel.report import CSS, _axes, _clip, _img, _kv, _label, _note, _redact, _row, _table
+from raysel import __version__, html
 
 N_EXAMPLES = 6
 
@@ -23,12 +22,12 @@ def write_eval_report(out: Path) -> Path:
     results = json.loads((out / "results.json").read_text())
     parts = [
         f"<h1>raysel eval: {_e(out.name)}</h1>",
-        _note(
+        html.note(
             f"raysel {__version__}; base model {results['base_model']}, template {results['template']}; "
             f"finished {results.get('finished', '')}"
         ),  # fmt: skip
         "<h2>Winning score</h2>",
-        _note(
+        html.note(
             "For the first model of each comparison: (wins - losses) / prompts judged + 1. Above 1 it beats "
             "the second model; 1 is a draw. Both judging orders are combined per prompt (the IFD paper's rule)."
         ),
@@ -39,16 +38,16 @@ def write_eval_report(out: Path) -> Path:
         "<h2>Training sets</h2>",
         _sets(results),
         "<h2>Judge</h2>",
-        _kv((k, v) for k, v in results.get("judge", {}).items() if not isinstance(v, dict))
+        html.kv((k, v) for k, v in results.get("judge", {}).items() if not isinstance(v, dict))
         if results.get("judge")
-        else _note("no comparison judged"),
+        else html.note("no comparison judged"),
         "<h2>Examples</h2>",
         _examples(out, results),
         "<h2>Config</h2>",
-        f"<pre>{_e(json.dumps(_redact(results.get('config', {})), indent=1, default=str))}</pre>",
+        f"<pre>{_e(json.dumps(html.redact(results.get('config', {})), indent=1, default=str))}</pre>",
     ]
     page = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>raysel eval {_e(out.name)}</title>'
-    page += f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    page += f"<style>{html.CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -57,9 +56,9 @@ def write_eval_report(out: Path) -> Path:
 def _scores_plot(results: dict[str, Any]) -> str:
     comps = results["comparisons"]
     if not comps:
-        return _note("no comparison")
+        return html.note("no comparison")
     sets = list(next(iter(comps.values()))["testsets"])
-    axes = _axes(max(4.0, 1.1 * len(sets) * max(1, len(comps)) ** 0.5 + 2), 2.8, 1, 2)
+    axes = html.axes(max(4.0, 1.1 * len(sets) * max(1, len(comps)) ** 0.5 + 2), 2.8, 1, 2)
     ax, stack = axes[0][0], axes[0][1]
     width = 0.8 / len(comps)
     x = np.arange(len(sets))
@@ -69,14 +68,14 @@ def _scores_plot(results: dict[str, Any]) -> str:
     ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8)
     ax.set_xticks(x, sets, rotation=30)
     ax.set_ylim(0, 2)
-    _label(ax, "test set", "winning score", legend=True)
+    html.label(ax, "test set", "winning score", legend=True)
     names = list(comps)
     for j, (verdict, color) in enumerate((("win", "tab:green"), ("tie", "tab:gray"), ("lose", "tab:red"))):
         vals = [comps[n]["testsets"]["all"][verdict] for n in names]
         bottom = [sum(comps[n]["testsets"]["all"][v] for v in ("win", "tie", "lose")[:j]) for n in names]
         stack.barh(names, vals, left=bottom, color=color, label=verdict)
-    _label(stack, "prompts (all test sets)", "", legend=True)
-    return _img(ax.figure, "winning score per test set, and win / tie / lose over all test sets")
+    html.label(stack, "prompts (all test sets)", "", legend=True)
+    return html.img(ax.figure, "winning score per test set, and win / tie / lose over all test sets")
 
 
 def _results_table(results: dict[str, Any]) -> str:
@@ -85,23 +84,23 @@ def _results_table(results: dict[str, Any]) -> str:
         for ts, t in c["testsets"].items():
             rows.append([name, "all (pooled)" if ts == "all" else ts, t["win"], t["tie"], t["lose"], t["unjudged"],
                          t["winning_score"]])  # fmt: skip
-    return _table(["comparison", "test set", "win", "tie", "lose", "unjudged", "winning score"], rows)
+    return html.table(["comparison", "test set", "win", "tie", "lose", "unjudged", "winning score"], rows)
 
 
 def _heldout(results: dict[str, Any]) -> str:
     h = results["heldout"]
     if not h["loss"]:
-        return _note("no held-out rows (heldout_rows = 0)")
+        return html.note("no held-out rows (heldout_rows = 0)")
     names = list(h["loss"])
-    axes = _axes(1.2 + 0.8 * len(names), 2.4)
+    axes = html.axes(1.2 + 0.8 * len(names), 2.4)
     ax = axes[0][0]
     ax.bar(names, [h["loss"][n] for n in names], color="tab:blue")
-    _label(ax, "model (training set)", "held-out loss")
-    note = _note(f"Mean answer-token loss on {h['rows']} rows drawn from '{h['from']}' and left out of every "
-                 "training set (lower is better).")  # fmt: skip
-    return note + _row(
-        _img(ax.figure, "held-out loss per model"),
-        _table(["model", "held-out loss"], [[n, h["loss"][n]] for n in names]),
+    html.label(ax, "model (training set)", "held-out loss")
+    note = html.note(f"Mean answer-token loss on {h['rows']} rows drawn from '{h['from']}' and left out of every "
+                     "training set (lower is better).")  # fmt: skip
+    return note + html.row(
+        html.img(ax.figure, "held-out loss per model"),
+        html.table(["model", "held-out loss"], [[n, h["loss"][n]] for n in names]),
     )
 
 
@@ -111,7 +110,7 @@ def _sets(results: dict[str, Any]) -> str:
     for name, s in results["train_sets"].items():
         summary = s.get("train_summary", {})
         rows.append([name, *(s.get(k) for k in keys), summary.get("total_steps"), summary.get("loss")])
-    return _table(["set", *keys, "steps", "last train loss"], rows)
+    return html.table(["set", *keys, "steps", "last train loss"], rows)
 
 
 def _examples(out: Path, results: dict[str, Any]) -> str:
@@ -121,9 +120,9 @@ def _examples(out: Path, results: dict[str, Any]) -> str:
         if not path.is_file():
             continue
         t = pq.read_table(path).slice(0, N_EXAMPLES).to_pylist()
-        rows = [[r["id"], _clip(r["instruction"]), _clip(r["answer_a"]), _clip(r["answer_b"]), r["verdict_for_a"]]
+        rows = [[r["id"], *(html.clip(r[k]) for k in ("instruction", "answer_a", "answer_b")), r["verdict_for_a"]]
                 for r in t]  # fmt: skip
-        parts.append(f"<h3>{_e(name)}</h3>" + _table(
+        parts.append(f"<h3>{_e(name)}</h3>" + html.table(
             ["prompt", "instruction", f"{c['a']}'s answer", f"{c['b']}'s answer", f"verdict for {c['a']}"], rows,
             {1: "text", 2: "text", 3: "text"}))  # fmt: skip
-    return "".join(parts) or _note("no judged pairs")
+    return "".join(parts) or html.note("no judged pairs")

@@ -34,12 +34,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysel import schema as S
-from raysel.config import EvalConfig, ScoreConfig, dump_yaml
+from raysel.config import EvalConfig, ScoreConfig, dump_yaml, identity
 from raysel.evaluate.testsets import Prompt, read_testsets
 from raysel.evaluate.winning import Tally, per_testset, results_table, verdict_for_a
 from raysel.io import arrow_batches, expand_input, fingerprint, json_safe, write_parquet_stream
 from raysel.readers import InputError
-from raysel.steps import Steps
+from raysel.run.context import RunContext, run_context
+from raysel.run.steps import Steps
 
 TESTSET, PROMPT_ID = "testset", "prompt_id"
 PROMPTS_SCHEMA = pa.schema(
@@ -90,58 +91,50 @@ def pair_name(a: str, b: str) -> str:
 
 def run_eval(cfg: EvalConfig, *, resume: bool = False, overwrite: bool = False) -> EvalResult:
     """Fine-tune, answer, judge and score every comparison of `cfg` into cfg.output (resumable)."""
-    from raysel import rundir
-    from raysel.driver import _code_hash, _init_ray
-
     prompts = _prompts(cfg)  # a missing or malformed test set fails here, before Ray starts
     files = {n: _expand(n, p) for n, p in cfg.train_sets.items() if not p.startswith("random:")}
-    rd = rundir.open_run(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite)
-    out = rd.local
-    for stale in RESULTS:
-        (out / stale).unlink(missing_ok=True)
-    cluster = _init_ray()
-    steps = Steps(out)
-    code = _code_hash()
-
-    read = {name: _read_set(cfg, steps, name, f, code) for name, f in files.items()}
-    heldout, heldout_ids = _heldout(cfg, read[cfg.baseline])
-    train, sets = _training_tables(cfg, read, heldout_ids)
-    prompts_table = _prompts_table(prompts)
-    keys: dict[str, dict[str, Any]] = {}
-    models: dict[str, Path] = {}
-    for name, table in train.items():
-        # The model's key names the training code only: an edit elsewhere in raysel does not retrain (hours
-        # on a GPU cluster); the steps after it are keyed on all of raysel's code.
-        keys[name] = {"base": cfg.base_model, "template": cfg.template, "seed": cfg.seed, "code": _train_code(),
-                      "train": _train_identity(cfg), "rows": _ids_digest(table)}  # fmt: skip
-        models[name] = _finetune(cfg, out, steps, name, table, keys[name])
-        sets[name]["train_summary"] = _train_summary(models[name])
-    losses = {}
-    if heldout.num_rows:
-        for name, model in models.items():
-            key = keys[name] | {"heldout": _ids_digest(heldout), "scorer": _scorer_identity(cfg), "all_code": code}
-            path = steps.run(f"heldout_{name}", key, lambda p, m=model: _heldout_loss(cfg, m, heldout, p))
-            losses[name] = heldout_loss(pq.read_table(path))
-    answers = {}
-    used = {n for pair in cfg.pairs() for n in pair}
-    for name in [n for n in train if n in used]:
-        key = keys[name] | {"generate": _generation_identity(cfg), "prompts": _prompts_digest(prompts_table),
-                            "all_code": code}  # fmt: skip
-        answers[name] = steps.run(f"answers_{name}", key, lambda p, m=models[name]: _answer(cfg, m, prompts_table, p))
-        keys[name] = key
-    comparisons, judged = {}, []
-    for a, b in cfg.pairs():
-        key = {"a": keys[a], "b": keys[b], "judge": _judge_identity(cfg)}
-        path = steps.run(f"judge_{a}_vs_{b}", key, lambda p, a=a, b=b: _judge(cfg, out, answers[a], answers[b], p))
-        table = pq.read_table(path)
-        judged.append(table)
-        comparisons[pair_name(a, b)] = {"a": a, "b": b, "testsets": _tallies(table, cfg.test_sets)}
-    results = _results(cfg, sets, heldout.num_rows, losses, comparisons, judged, steps.timings, cluster)
-    md = _markdown(cfg, results)
-    (out / "results.md").write_text(md)
-    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2, default=str))
-    _report(out)
-    rundir.sync(final=True)
+    with run_context(cfg.output, dump_yaml(cfg), resume=resume, overwrite=overwrite, stale=RESULTS) as ctx:
+        out, steps, code = ctx.out, ctx.steps(), ctx.code
+        read = {name: _read_set(cfg, steps, name, f, code) for name, f in files.items()}
+        heldout, heldout_ids = _heldout(cfg, read[cfg.baseline])
+        train, sets = _training_tables(cfg, read, heldout_ids)
+        prompts_table = _prompts_table(prompts)
+        keys: dict[str, dict[str, Any]] = {}
+        models: dict[str, Path] = {}
+        for name, table in train.items():
+            # The model's key names the training code only: an edit elsewhere in raysel does not retrain (hours
+            # on a GPU cluster); the steps after it are keyed on all of raysel's code.
+            keys[name] = {"base": cfg.base_model, "template": cfg.template, "seed": cfg.seed, "code": _train_code(),
+                          "train": identity(cfg.train), "rows": _ids_digest(table)}  # fmt: skip
+            models[name] = _finetune(ctx, cfg, name, table, keys[name])
+            sets[name]["train_summary"] = _train_summary(models[name])
+        # Where actors load each fine-tuned model: its path, or its twin in a remote run directory (any node).
+        uris = {name: ctx.storage_uri(model) for name, model in models.items()}
+        losses = {}
+        if heldout.num_rows:
+            for name in models:
+                key = keys[name] | {"heldout": _ids_digest(heldout), "scorer": _scorer_identity(cfg), "all_code": code}
+                path = steps.run(f"heldout_{name}", key, lambda p, m=uris[name]: _heldout_loss(cfg, m, heldout, p))
+                losses[name] = heldout_loss(pq.read_table(path))
+        answers = {}
+        used = {n for pair in cfg.pairs() for n in pair}
+        for name in [n for n in train if n in used]:
+            key = keys[name] | {"generate": _generation_identity(cfg), "prompts": _prompts_digest(prompts_table),
+                                "all_code": code}  # fmt: skip
+            answers[name] = steps.run(f"answers_{name}", key, lambda p, m=uris[name]: _answer(cfg, m, prompts_table, p))
+            keys[name] = key
+        comparisons, judged = {}, []
+        for a, b in cfg.pairs():
+            key = {"a": keys[a], "b": keys[b], "judge": identity(cfg.judge)}
+            path = steps.run(f"judge_{a}_vs_{b}", key, lambda p, a=a, b=b: _judge(cfg, out, answers[a], answers[b], p))
+            table = pq.read_table(path)
+            judged.append(table)
+            comparisons[pair_name(a, b)] = {"a": a, "b": b, "testsets": _tallies(table, cfg.test_sets)}
+        results = _results(cfg, sets, heldout.num_rows, losses, comparisons, judged, ctx.timings, ctx.cluster)
+        md = _markdown(cfg, results)
+        (out / "results.md").write_text(md)
+        (out / "results.json").write_text(json.dumps(json_safe(results), indent=2, default=str))
+        _report(out)
     return EvalResult(output=out, results=results, table=md, uri=cfg.output)
 
 
@@ -271,42 +264,29 @@ def _train_code() -> str:
     return h.hexdigest()[:16]
 
 
-def _train_identity(cfg: EvalConfig) -> dict[str, Any]:
-    skip = ("checkpoint_every", "cpus_per_worker")
-    return {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in skip}
-
-
 def _generation_identity(cfg: EvalConfig) -> dict[str, Any]:
-    from raysel.iterselecttune import generation_identity
-
-    return generation_identity(dataclasses.replace(cfg.generate, model="", template=cfg.template, system=None))
+    return identity(dataclasses.replace(cfg.generate, model="", template=cfg.template, system=None))
 
 
 def _scorer_identity(cfg: EvalConfig) -> dict[str, Any]:
-    from raysel.driver import scoring_identity
-
-    return scoring_identity(dataclasses.replace(_score_cfg(cfg, ""), model=""))
+    return identity(dataclasses.replace(_score_cfg(cfg, ""), model=""))
 
 
-def _judge_identity(cfg: EvalConfig) -> dict[str, Any]:
-    from raysel.iterselecttune import judge_identity
-
-    return judge_identity(cfg.judge)
-
-
-def _finetune(cfg: EvalConfig, out: Path, steps: Steps, name: str, table: pa.Table, key: dict[str, Any]) -> Path:
+def _finetune(ctx: RunContext, cfg: EvalConfig, name: str, table: pa.Table, key: dict[str, Any]) -> Path:
     from raysel.train.finetune import finetune
+
+    out = ctx.out
 
     def build(path: Path) -> int:
         rows, run = table.select([S.INSTRUCTION, S.INPUT, S.OUTPUT]), f"sft-{name}-{_digest(key)}"
         finetune(cfg.train, model=cfg.base_model, rows=rows, template=cfg.template, output_dir=path,
-                 storage_path=out / "train", name=run, seed=cfg.seed)  # fmt: skip
+                 storage_path=ctx.storage_uri(out / "train"), name=run, seed=cfg.seed)  # fmt: skip
         # The model is written: its training checkpoints (weights + optimizer state, several times the
         # model's size) only served a resume. A remote run directory's checkpoints are left in the bucket.
         shutil.rmtree(out / "train" / run, ignore_errors=True)
         return rows.num_rows
 
-    return Steps(out, out / "models", steps.timings).run(name, key, build, suffix="")
+    return ctx.steps("models").run(name, key, build, suffix="")
 
 
 def _train_summary(model: Path) -> dict[str, Any]:
@@ -314,13 +294,6 @@ def _train_summary(model: Path) -> dict[str, Any]:
 
     path = model / SUMMARY
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _model_uri(model: Path) -> str:
-    """Where actors load a fine-tuned model: its path, or its twin in a remote run directory (any node)."""
-    from raysel import rundir
-
-    return rundir.storage_uri(model)
 
 
 def _score_cfg(cfg: EvalConfig, model: str) -> ScoreConfig:
@@ -333,16 +306,14 @@ def _score_cfg(cfg: EvalConfig, model: str) -> ScoreConfig:
     )  # fmt: skip
 
 
-def _heldout_loss(cfg: EvalConfig, model: Path, heldout: pa.Table, path: Path) -> int:
+def _heldout_loss(cfg: EvalConfig, model: str, heldout: pa.Table, path: Path) -> int:
     import ray.data
 
     from raysel.stages.base import apply
     from raysel.stages.score import IfdScoreStage
 
     ds = ray.data.from_arrow(heldout.select([S.ID, S.INSTRUCTION, S.INPUT, S.OUTPUT]).replace_schema_metadata())
-    return write_parquet_stream(
-        arrow_batches(apply(ds, IfdScoreStage, _score_cfg(cfg, _model_uri(model)), HELDOUT_COLUMNS)), path
-    )
+    return write_parquet_stream(arrow_batches(apply(ds, IfdScoreStage, _score_cfg(cfg, model), HELDOUT_COLUMNS)), path)
 
 
 def heldout_loss(table: pa.Table) -> float:
@@ -353,14 +324,14 @@ def heldout_loss(table: pa.Table) -> float:
     return float((loss[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else float("nan")
 
 
-def _answer(cfg: EvalConfig, model: Path, prompts: pa.Table, path: Path) -> int:
+def _answer(cfg: EvalConfig, model: str, prompts: pa.Table, path: Path) -> int:
     import ray.data
 
     from raysel.stages.base import apply
     from raysel.stages.generate import GenerateStage
 
     # The training template and no system prompt: the answers are prompted as the model was trained.
-    gen = dataclasses.replace(cfg.generate, model=_model_uri(model), template=cfg.template, system=None)
+    gen = dataclasses.replace(cfg.generate, model=model, template=cfg.template, system=None)
     ds = apply(ray.data.from_arrow(prompts), GenerateStage, gen, ANSWERS_SCHEMA.names)
     return write_parquet_stream((t.cast(ANSWERS_SCHEMA) for t in arrow_batches(ds)), path, ANSWERS_SCHEMA)
 
@@ -370,8 +341,7 @@ def _judge(cfg: EvalConfig, out: Path, a: Path, b: Path, path: Path) -> int:
     budget ran out (the step stays unfinished; the judgements made are cached)."""
     import ray.data
 
-    from raysel.iterselecttune import BudgetReached
-    from raysel.judge import cache_spend
+    from raysel.judge import BudgetReached, cache_spend
     from raysel.stages.base import apply
     from raysel.stages.judge import JudgeRun, JudgeStage
 

@@ -10,6 +10,8 @@ SELECTED = "selected"
 UNSCORED = "unscored"
 IFD_ABOVE_1 = "ifd_above_1"
 BELOW_CUTOFF = "below_cutoff"
+DEFAULT_RATIO = 0.1
+"""The fraction kept when neither ratio nor k is given (data_by_IFD.py's default; IFD's in raysel.methods)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ def select_top_ifd(ifd: np.ndarray, *, ratio: float | None = None, k: int | None
     ok = finite & (ifd <= 1.0)
     passed = int(ok.sum())
     if k is None:
-        k = int(passed * (0.1 if ratio is None else ratio))
+        k = int(passed * (DEFAULT_RATIO if ratio is None else ratio))
     k = min(k, passed)
     pool = np.flatnonzero(ok)
     order = pool[np.argsort(-ifd[pool], kind="stable")]  # IFD descending; stable: then position ascending

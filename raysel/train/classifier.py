@@ -160,7 +160,7 @@ def train_classifier(
     labels: Sequence[int],
     *,
     output_dir: Path,
-    storage_path: Path,
+    storage_path: Path | str,
     name: str,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -173,9 +173,9 @@ def train_classifier(
 
     if not len(texts):
         raise ValueError("train_classifier needs at least one labelled row")
-    from raysel.rundir import storage_uri
+    from raysel.run.rundir import absolute_storage
 
-    storage_path = storage_uri(storage_path)  # a remote run directory's twin: every node reaches it
+    storage_path = absolute_storage(storage_path)  # every node reaches it: absolute, or a remote store's URI
     if "://" not in storage_path:
         shutil.rmtree(Path(storage_path) / name, ignore_errors=True)  # a killed attempt's state: start over
     resources: dict[str, float] = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})

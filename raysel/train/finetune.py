@@ -207,7 +207,7 @@ def finetune(
     rows: pa.Table,
     template: Template,
     output_dir: Path,
-    storage_path: Path,
+    storage_path: Path | str,
     name: str = "sft",
     seed: int = 0,
     callbacks: Sequence[Any] = (),
@@ -241,9 +241,9 @@ def finetune(
     """
     if os.environ.get("RAY_TRAIN_V2_ENABLED", "1").lower() in ("0", "false"):
         raise RuntimeError("raysel's finetune resumes through Ray Train V2: unset RAY_TRAIN_V2_ENABLED")
-    from raysel.rundir import checkpoint_uri, storage_uri
+    from raysel.run.rundir import absolute_storage, checkpoint_uri
 
-    storage_path = storage_uri(storage_path)  # absolute, or a remote run directory's twin (every node reaches it)
+    storage_path = absolute_storage(storage_path)  # every node reaches it: absolute, or a remote store's URI
     path = resolve_model(model)
     from transformers import AutoTokenizer
 

@@ -43,6 +43,7 @@ def test_embed_text_columns(column: str, expected: str) -> None:
         assert embed_text(cfg, "Summarize.", "", "Short.") == "Summarize."
 
 
+@pytest.mark.slow  # loads MiniLM
 def test_minilm_matches_sentence_transformers_encode(tiny_rows) -> None:
     """The default encoder gives sentence-transformers' own vectors, whatever the batching."""
     from sentence_transformers import SentenceTransformer

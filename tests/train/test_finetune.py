@@ -136,6 +136,7 @@ def full_run(ray_local, tiny_hf_model: str, tmp_path_factory) -> tuple[Path, Pat
     return out, tmp / "storage"
 
 
+@pytest.mark.slow  # Ray Train fine-tuning
 def test_full_finetune_lowers_the_loss_and_loads_everywhere(full_run, tiny_hf_model: str, tiny_rows) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -153,6 +154,7 @@ def test_full_finetune_lowers_the_loss_and_loads_everywhere(full_run, tiny_hf_mo
     assert summary["step"] == 12 and summary["rows"] == 24 and summary["skipped_rows"] == 0
 
 
+@pytest.mark.slow  # Ray Train fine-tuning
 def test_a_finished_run_is_not_trained_again(full_run, tiny_hf_model: str, tiny_rows, tmp_path: Path) -> None:
     from raysel.train.finetune import finetune
 
@@ -170,6 +172,7 @@ def test_a_finished_run_is_not_trained_again(full_run, tiny_hf_model: str, tiny_
                  output_dir=tmp_path / "x", storage_path=storage, name="ref")  # fmt: skip
 
 
+@pytest.mark.slow  # Ray Train fine-tuning
 def test_lora_merges_into_a_plain_model_and_lowers_the_loss(ray_local, tiny_hf_model: str, tiny_rows, tmp_path) -> None:
     from raysel.train.finetune import finetune
 
@@ -187,6 +190,7 @@ def test_lora_merges_into_a_plain_model_and_lowers_the_loss(ray_local, tiny_hf_m
     assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.slow  # Ray Train fine-tuning
 def test_two_workers_train_data_parallel(ray_local, tiny_hf_model: str, tiny_rows, tmp_path: Path) -> None:
     from raysel.train.finetune import finetune
 
@@ -237,6 +241,7 @@ finetune(
 """
 
 
+@pytest.mark.slow  # Ray Train fine-tuning
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
     full_run, ray_local, tiny_hf_model: str, tiny_rows, tmp_path: Path
 ) -> None:
@@ -283,7 +288,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_o
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
-@pytest.mark.slow  # ~110 s here: two full fine-tuning steps of a 135M model on 2 shared cores, plus Ray start
+@pytest.mark.slow
+@pytest.mark.manual  # ~110 s here: two full fine-tuning steps of a 135M model on 2 shared cores, plus Ray start
 def test_smollm2_a_few_steps_lower_the_loss_on_real_rows(ray_local, shared_data: Path, tmp_path: Path) -> None:
     from raysel.backends.models import resolve_model
     from raysel.train.finetune import finetune

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from raysel import cli, driver
+from raysel import cli
 from raysel.cli import SHORTCUTS, _overrides, _parser
 from raysel.config import ConfigError, load_config
+from raysel.run import context
 
 
 def _values(*argv: str) -> dict[str, object]:
@@ -97,9 +98,9 @@ def test_ratio_and_k_mutually_exclusive(capsys) -> None:
 
 @pytest.fixture
 def no_ray(monkeypatch) -> list[str]:
-    """Record (instead of doing) any attempt of the driver to start Ray."""
+    """Record (instead of doing) any attempt of a run to start Ray."""
     calls: list[str] = []
-    monkeypatch.setattr(driver, "_init_ray", lambda: calls.append("ray started"))
+    monkeypatch.setattr(context, "init_ray", lambda: calls.append("ray started"))
     return calls
 
 

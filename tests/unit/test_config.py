@@ -256,3 +256,42 @@ def test_cpu_threads_default_uses_the_node() -> None:
     assert cpu_threads(ScoreConfig(concurrency=cores * 2)) == 1  # more actors than cores: one each
     assert cpu_threads(ScoreConfig(threads=3)) == 3  # explicit settings win
     assert cpu_threads(ScoreConfig(concurrency=cores * 2, num_cpus=2.5)) == 3  # never below the reserved CPUs
+
+
+def test_identity_leaves_out_the_fields_marked_runtime() -> None:
+    import dataclasses
+
+    from raysel.config import RUNTIME, GenerateConfig, JudgeConfig, TrainConfig, identity
+
+    score = identity(ScoreConfig(batch_size=8, concurrency=3, num_cpus=1.5, threads=2, packing=True))
+    assert set(score) == {"model", "backend", "template", "max_length", "device", "dtype", "quantize", "engine_kwargs"}
+    # a changed batch size, pool or thread count is the same step; a changed window is another
+    assert identity(ScoreConfig(batch_size=8, concurrency=4)) == identity(ScoreConfig())
+    assert identity(ScoreConfig(max_length=256)) != identity(ScoreConfig())
+    marked = {f.name for f in dataclasses.fields(GenerateConfig) if f.metadata.get(RUNTIME)}
+    assert marked == {"batch_size", "concurrency", "num_cpus", "num_gpus"}
+    # nested sections keep their own results-changing fields only: the judge's local generator
+    judge = identity(JudgeConfig(concurrency=2, budget_usd=1.0, price_input_per_mtok=3.0))
+    assert judge["local"] == identity(GenerateConfig(max_new_tokens=8, template="chat")) | {
+        "model": JudgeConfig().local.model
+    }
+    assert not {"concurrency", "budget_usd", "price_input_per_mtok", "api_key_env", "cache"} & set(judge)
+    assert {"backend", "model", "max_tokens", "temperature"} <= set(judge)
+    train = identity(TrainConfig())
+    assert "checkpoint_every" not in train and "cpus_per_worker" not in train and "lr" in train
+
+
+def test_method_defaults_come_from_the_registry() -> None:
+    from raysel.methods import METHODS
+
+    assert set(METHODS) == {"ifd", "iterit", "iterselecttune"}
+    common = {"output": "o", "data.input": "x.jsonl"}
+    iterit = load_config(None, common | {"select.method": "iterit"})
+    assert iterit.select.ratio == METHODS["iterit"].default_ratio and iterit.score.template == "iterit"
+    ist = load_config(None, common | {"select.method": "iterselecttune"})
+    assert ist.select.ratio == METHODS["iterselecttune"].default_ratio
+    ifd = load_config(None, common)
+    assert ifd.select.ratio is None and METHODS["ifd"].ratio(ifd.select.ratio) == 0.1  # applied at selection
+    assert load_config(None, common | {"select.method": "iterit", "select.k": 3}).select.ratio is None
+    with pytest.raises(ConfigError, match="select.method: 'cherry' is not one of 'ifd', 'iterit', 'iterselecttune'"):
+        load_config(None, common | {"select.method": "cherry"})

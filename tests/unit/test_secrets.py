@@ -1,7 +1,7 @@
 """Secrets come only from the environment; config files are loaded safely and echo no values back.
 
 (A whole run with a judge key, checked against the run directory, report, driver output and Ray's logs:
-tests/test_iterselecttune.py::test_a_killed_run_resumes_without_judging_twice and the uninterrupted run.)"""
+tests/methods/test_iterselecttune.py::test_a_killed_run_resumes_without_judging_twice and the uninterrupted run.)"""
 
 from __future__ import annotations
 

@@ -26,8 +26,6 @@ REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 # Files an output directory may hold before its first run: the demo writes its corpus there.
 _PRESEEDED = {"demo_corpus.jsonl"}
 
-_current: RunDir | None = None
-
 
 def is_remote(uri: str) -> bool:
     return uri.startswith(REMOTE_SCHEMES)
@@ -72,6 +70,11 @@ class RunDir:
                     pass  # already gone, or never a directory object
         return n
 
+    def mark_sent(self, rel: str) -> None:
+        """Record the local file `rel` as already in the remote store (it was just downloaded from there)."""
+        st = (self.local / rel).stat()
+        self._sent[rel] = (st.st_size, st.st_mtime_ns)
+
     def storage_uri(self, local: Path | str) -> str:
         """Where Ray Train keeps checkpoints for `local`: its twin in the remote store (every node reaches
         it), or `local` itself, absolute. Paths outside the run directory are returned as given."""
@@ -84,16 +87,10 @@ class RunDir:
         return f"{scheme}://{self.root}/{path.relative_to(self.local.resolve()).as_posix()}"
 
 
-def current() -> RunDir | None:
-    """The run directory of the run in progress in this process (None outside a run)."""
-    return _current
-
-
-def storage_uri(local: Path | str) -> str:
-    """Ray Train storage for a path of the run in progress (see RunDir.storage_uri)."""
-    if "://" in str(local):
-        return str(local)
-    return _current.storage_uri(local) if _current is not None else str(Path(local).resolve())
+def absolute_storage(path: Path | str) -> str:
+    """A Ray Train storage path as every node reads it: a URI as given, a local path made absolute (callers in a
+    run pass RunDir.storage_uri's answer, the remote twin of a path in a remote run directory)."""
+    return str(path) if "://" in str(path) else str(Path(path).resolve())
 
 
 def checkpoint_uri(checkpoint: Any) -> str:
@@ -101,16 +98,6 @@ def checkpoint_uri(checkpoint: Any) -> str:
     kind = type(checkpoint.filesystem).__name__
     scheme = {"S3FileSystem": "s3://", "GcsFileSystem": "gs://"}.get(kind, "")
     return f"{scheme}{checkpoint.path}"
-
-
-def sync(*, final: bool = False) -> None:
-    """Upload what the run in progress has written so far (a no-op for a local run directory); `final`
-    also ends the run's claim on this process."""
-    global _current
-    if _current is not None:
-        _current.sync()
-    if final:
-        _current = None
 
 
 def _staging(uri: str) -> Path:
@@ -140,7 +127,6 @@ def open_run(output: str, config_text: str, *, resume: bool = False, overwrite: 
 
     Raises ConfigError (nothing touched) when the directory holds something else, as described above.
     """
-    global _current
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: give one")
     if is_remote(output):
@@ -189,7 +175,6 @@ def open_run(output: str, config_text: str, *, resume: bool = False, overwrite: 
     rd.local.mkdir(parents=True, exist_ok=True)
     (rd.local / "config.yaml").write_text(config_text)  # the resolved config, before any work
     rd.sync()
-    _current = rd
     return rd
 
 
@@ -223,5 +208,4 @@ def _download(rd: RunDir) -> None:
         if not (dest.is_file() and dest.stat().st_size == info.size):
             dest.parent.mkdir(parents=True, exist_ok=True)
             pafs.copy_files(info.path, str(dest), source_filesystem=rd.fs)
-        st = dest.stat()
-        rd._sent[rel] = (st.st_size, st.st_mtime_ns)
+        rd.mark_sent(rel)

@@ -1,4 +1,4 @@
-"""Who may write into a run directory: a run is never overwritten by accident (raysel.rundir, no Ray)."""
+"""Who may write into a run directory: a run is never overwritten by accident (raysel.run.rundir, no Ray)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from raysel.config import ConfigError, dump_yaml, load_config
-from raysel.rundir import open_run
+from raysel.run.rundir import open_run
 
 
 def _config(out: Path, **extra) -> str:

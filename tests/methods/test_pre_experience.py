@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from raysel import schema as S
 from raysel.cli import main
 from raysel.config import load_config
 from raysel.driver import run
 from tests.conftest import TINY_JSONL
+
+pytestmark = pytest.mark.slow  # embeds with MiniLM, fine-tunes with Ray Train, runs SmolLM2
 
 PRE_STEPS = ("pre_embed", "pre_cluster", "pre_sample", "pre_model")
 

@@ -17,10 +17,12 @@ from raysel import schema as S
 from raysel.cli import main
 from raysel.config import load_config
 from raysel.driver import run
-from raysel.iterit import PICK
+from raysel.methods.iterit import PICK
 from raysel.select.greedy import iterit_ranking
-from tests.conftest import TINY_JSONL
+from tests.conftest import REPO_ROOT, TINY_JSONL
 from tests.procs import sigkill_when
+
+pytestmark = pytest.mark.slow  # fine-tunes with Ray Train every epoch, kills a driver, runs SmolLM2
 
 ROUND_STEPS = ("score", "ranking", "model")
 
@@ -133,7 +135,7 @@ def test_a_killed_run_resumes_from_the_last_finished_step(
     script = tmp_path / "killed.py"
     script.write_text(KILLED)
     env = os.environ | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO_ROOT
     cmd = [sys.executable, str(script), json.dumps(_tiny(out, tiny_hf_model))]
     proc = subprocess.Popen(cmd, cwd=repo, env=env, start_new_session=True)
     marker = out / "round_1" / "score.done.json"
@@ -168,7 +170,7 @@ def test_baseline_selects_once_and_trains_every_epoch_on_it(tiny_hf_model: str, 
 
 def test_cli_iterit_real_model(ray_local, shared_data: Path, tmp_path: Path, capsys) -> None:
     """The acceptance run: `raysel select --method iterit` with SmolLM2-135M on real rows, all epochs on CPU."""
-    from raysel.iterit import eos_token
+    from raysel.methods.iterit import eos_token
 
     out = tmp_path / "run"
     argv = [

@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raysel import rundir
 from raysel import schema as S
-from raysel.config import ConfigError, RunConfig, ScoreConfig
+from raysel.config import ConfigError, RunConfig, ScoreConfig, identity
 from raysel.io import LIGHT_CPUS, arrow_batches, with_positions, write_parquet_stream
+from raysel.methods import method_spec
+from raysel.methods.base import MethodBase, MethodResult, Rows
+from raysel.run.context import RunContext
+from raysel.run.steps import Steps, without
 from raysel.select.topk import BELOW_CUTOFF, IFD_ABOVE_1, SELECTED, UNSCORED, Selection
-from raysel.steps import Steps, stream_in_parts, without
 
 if TYPE_CHECKING:
     import ray.data
@@ -52,16 +53,6 @@ PICK = "pick"
 RANKING_SCHEMA = pa.schema([(S.POSITION, pa.int64()), (S.SCORE_IFD_PPL, pa.float32()), (PICK, pa.int32())])
 SCORED_EPOCH = "scored_epoch"
 """In the final scores: the epoch whose model gave the row its scores."""
-
-
-@dataclass(frozen=True)
-class IterItResult:
-    scored: Path
-    """Every row with its latest scores (ALL_SCHEMA + scored_epoch), for the run's final files."""
-    selection: Selection
-    """The last epoch's picks; rank = place in the final ranking."""
-    section: dict[str, Any]
-    """The manifest's "iterit" section."""
 
 
 def _digest(key: dict[str, Any]) -> str:
@@ -85,7 +76,7 @@ def eos_token(cfg: ScoreConfig) -> str:
 
 def picks_per_epoch(cfg: RunConfig, n: int) -> int:
     """k = select.k, or floor(select.ratio x rows scored) as the authors' code counts it."""
-    k = cfg.select.k if cfg.select.k is not None else math.floor(n * (cfg.select.ratio or 0.05))
+    k = cfg.select.k if cfg.select.k is not None else math.floor(n * IterIt.spec.ratio(cfg.select.ratio))
     if k <= 0:
         raise ConfigError(
             f"iterit picks k = floor({cfg.select.ratio} x {n} rows) = 0 rows per epoch: raise select.ratio "
@@ -94,27 +85,43 @@ def picks_per_epoch(cfg: RunConfig, n: int) -> int:
     return min(k, n)
 
 
+class IterIt(MethodBase):
+    spec = method_spec("iterit")
+
+    def resources(self, cfg: RunConfig) -> dict[str, Any]:
+        from raysel.methods.ifd import score_resources
+
+        return {"score": score_resources(cfg.score)}
+
+    def run(self, ctx: RunContext, cfg: RunConfig, rows: Rows, checked: None) -> MethodResult:
+        return self.result(cfg, *run_iterit(ctx, cfg, rows.dataset, rows.key))
+
+
+METHOD = IterIt()
+
+
 def run_iterit(
-    cfg: RunConfig, out: Path, rows: Callable[[], ray.data.Dataset], key: dict[str, Any], timings: dict[str, Any]
-) -> IterItResult:
+    ctx: RunContext, cfg: RunConfig, rows: Callable[[], ray.data.Dataset], key: dict[str, Any]
+) -> tuple[Path, Selection, dict[str, Any]]:
     """All epochs (or what a rerun has left of them); `rows()` builds the dataset of rows to score and
-    `key` identifies them."""
-    from raysel.driver import scoring_identity
+    `key` identifies them. Returns every row with its latest scores (ALL_SCHEMA + scored_epoch), the last
+    epoch's picks (rank = place in the final ranking) and the manifest's "iterit" section."""
     from raysel.select.greedy import iterit_ranking
     from raysel.stages.base import apply
     from raysel.stages.score import IfdScoreStage
 
     it, score_cfg = cfg.iterit, cfg.score
-    key = key | {"method": "iterit", "score": scoring_identity(score_cfg)}
+    key = key | {"method": "iterit", "score": identity(score_cfg)}
+    first = ctx.steps("round_0")
 
     def score_all(path: Path) -> int:
         def tables(done, offset: int):
             scored = apply(without(rows(), done), IfdScoreStage, score_cfg)
             return with_positions(arrow_batches(scored), S.SCORED_SCHEMA.names, start=offset)
 
-        return stream_in_parts(path, key, tables, ALL_SCHEMA, part_rows=cfg.checkpoint_rows)
+        return first.stream(path, key, tables, ALL_SCHEMA, part_rows=cfg.checkpoint_rows)
 
-    every = Steps(out, out / "round_0", timings).run("score", key, score_all)
+    every = first.run("score", key, score_all)
     base = pq.read_table(every, columns=[S.SCORE_IFD_PPL])
     n = base.num_rows
     if n == 0:
@@ -128,7 +135,7 @@ def run_iterit(
     checkpoint, model, epochs = None, None, []
     rescored_files: list[tuple[int, Path]] = []
     for e in range(it.epochs):
-        steps = Steps(out, out / f"round_{e}", timings)
+        steps = ctx.steps(f"round_{e}")
         record: dict[str, Any] = {"epoch": e}
         if e > 0 and it.strategy == "baseline":
             record["rescored"] = 0  # the selection of epoch 0 trains every epoch
@@ -136,7 +143,7 @@ def run_iterit(
             count = len(order) if e == 0 or it.update_ratio <= 1 else min(len(order), int(k * it.update_ratio))
             window = order[:count]
             if e > 0:
-                rescore_cfg = dataclasses.replace(score_cfg, model=rundir.storage_uri(model))
+                rescore_cfg = dataclasses.replace(score_cfg, model=ctx.storage_uri(model))
                 path = steps.run("score", key, lambda p, w=window, c=rescore_cfg: _rescore(every, w, c, p))
                 rescored_files.append((e, path))
                 t = pq.read_table(path, columns=[S.POSITION, S.SCORE_IFD_PPL])
@@ -170,7 +177,8 @@ def run_iterit(
             record["kept_from_previous_epoch"] = int(np.isin(picks, epochs[-1]["_picks"]).sum())
         key = key | {"epoch": e, "train": cfg.train, "epochs": it.epochs, "picks": _digest({"p": picks.tolist()})}
         model = steps.run(
-            "model", key, lambda p, pk=picks, ck=checkpoint, ep=e: _train(cfg, every, pk, ck, ep, steps_per_epoch, p),
+            "model", key,
+            lambda p, pk=picks, ck=checkpoint, ep=e: _train(ctx, cfg, every, pk, ck, ep, steps_per_epoch, p),
             suffix="",
         )  # fmt: skip
         summary = json.loads((model / "train_summary.json").read_text())
@@ -178,7 +186,7 @@ def run_iterit(
         record["train"] = {k_: summary[k_] for k_ in ("rows", "skipped_rows", "loss", "step", "lr") if k_ in summary}
         epochs.append(record | {"_picks": picks})
         print(f"[raysel] iterit epoch {e}: {record}", flush=True)
-    final = Steps(out, None, timings).run("iterit_scores", key, lambda p: _final_scores(every, rescored_files, p))
+    final = ctx.steps().run("iterit_scores", key, lambda p: _final_scores(every, rescored_files, p))
     selection = _selection(n, order, picks, scores)
     section = {
         "k": k,
@@ -189,7 +197,7 @@ def run_iterit(
         "strategy": it.strategy,
         "update_ratio": it.update_ratio,
     }
-    return IterItResult(scored=final, selection=selection, section=section)
+    return final, selection, section
 
 
 def _window_counts(window_scores: np.ndarray) -> dict[str, int]:
@@ -224,7 +232,14 @@ def _train_steps(cfg: RunConfig, k: int) -> int:
 
 
 def _train(
-    cfg: RunConfig, every: Path, picks: np.ndarray, checkpoint: str | None, epoch: int, per_epoch: int, path: Path
+    ctx: RunContext,
+    cfg: RunConfig,
+    every: Path,
+    picks: np.ndarray,
+    checkpoint: str | None,
+    epoch: int,
+    per_epoch: int,
+    path: Path,
 ) -> int:
     """One epoch of SFT on the picks, continuing the previous epoch's run (one LR schedule over all epochs)."""
     from raysel.train.finetune import finetune
@@ -234,7 +249,7 @@ def _train(
     name = f"iterit-epoch{epoch}-{_digest({'checkpoint': checkpoint, 'picks': picks.tolist(), 'cfg': cfg.train})}"
     finetune(
         cfg.train, model=cfg.score.model, rows=rows, template=cfg.score.template, output_dir=path,
-        storage_path=path.parent.parent / "train", name=name, seed=cfg.seed, resume_from=checkpoint,
+        storage_path=ctx.storage_uri(path.parent.parent / "train"), name=name, seed=cfg.seed, resume_from=checkpoint,
         schedule_steps=cfg.iterit.epochs * per_epoch,
     )  # fmt: skip
     return rows.num_rows

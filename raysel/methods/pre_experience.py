@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 from raysel import schema as S
 from raysel.config import EmbedConfig, RunConfig
 from raysel.io import LIGHT_CPUS, write_parquet_stream
-from raysel.steps import Steps, assign_clusters, embed_rows, read_vectors
+from raysel.run.context import RunContext
+from raysel.run.steps import Steps
+from raysel.vectors import assign_clusters, embed_rows, read_vectors
 
 SUMMARY = "train_summary.json"
 """What raysel.train.finetune writes beside the model (kept here so the driver need not import torch)."""
@@ -46,7 +48,7 @@ def _rows_with_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
 
 
 def pre_experience(
-    cfg: RunConfig, steps: Steps, rows: Callable[[], ray.data.Dataset], key: dict[str, Any]
+    ctx: RunContext, cfg: RunConfig, steps: Steps, rows: Callable[[], ray.data.Dataset], key: dict[str, Any]
 ) -> tuple[Path, dict[str, Any]]:
     """Run (or reuse) the four pre-experience steps over the rows to score; returns the model dir and a
     manifest section. `rows()` builds the dataset of rows to score; `key` identifies them."""
@@ -54,7 +56,7 @@ def pre_experience(
 
     pe, ecfg = cfg.pre_experience, embed_config(cfg)
     key = key | {"embed": ecfg}
-    emb = steps.run("pre_embed", key, lambda p: embed_rows(rows(), ecfg, p, key, cfg.checkpoint_rows))
+    emb = steps.run("pre_embed", key, lambda p: embed_rows(rows(), ecfg, p, key, cfg.checkpoint_rows, steps))
     n = pq.read_metadata(emb).num_rows
     if n == 0:
         raise ValueError("pre-experience needs rows to learn from, and none are left to score")
@@ -83,7 +85,7 @@ def pre_experience(
         from raysel.train.finetune import finetune
 
         table = pq.read_table(sampled)
-        storage = steps.dir.parent.resolve() / "train"
+        storage = ctx.storage_uri(steps.dir.parent.resolve() / "train")
         # One Ray Train run per step key: a killed run resumes from its checkpoints, while a changed config
         # starts a run of its own (finetune refuses another config's checkpoints).
         name = "pre_experience-" + hashlib.sha256(Steps.stamp(key).encode()).hexdigest()[:12]

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysel.cli import main
+from tests.conftest import TINY_JSONL
 
-TINY = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
+TINY = TINY_JSONL
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ def _get(client, key: str) -> bytes:
     return client.get_object(Bucket="runs", Key=key)["Body"].read()
 
 
+@pytest.mark.slow  # ~20 s here: full runs on Ray against the loopback S3
 def test_a_run_lives_in_the_bucket_and_resumes_from_it(ray_local, bucket, tmp_path: Path, capsys) -> None:
     args = ["select", "--input", str(TINY), "--backend", "fake", "--k", "4"]
     assert main([*args, "--output", str(tmp_path / "local")]) == 0
@@ -105,6 +107,7 @@ def test_a_model_in_the_bucket_loads_on_any_node(bucket, tiny_hf_model: str, tmp
         resolve_model("s3://runs/ev/models/none")
 
 
+@pytest.mark.slow  # ~20 s here: full agree/select runs on Ray against the loopback S3
 def test_a_selection_in_the_bucket_finds_its_scorer_agreement_there(ray_local, bucket, capsys) -> None:
     """raysel agree writes to the bucket; a select run beside it records that agreement, found or named."""
     agree = ["agree", "--input", str(TINY), "--output", "s3://runs/proj/ag", "--small", "tiny-scorer", "--large",

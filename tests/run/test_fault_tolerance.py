@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from raysel.cli import main
 from raysel.demo_corpus import write_corpus
+from tests.conftest import REPO_ROOT
 from tests.loopback import loopback_cluster
+
+pytestmark = pytest.mark.slow  # starts a loopback Ray cluster and kills a worker node mid-run
 
 DRIVER = """
 import os, sys, ray
@@ -39,7 +43,7 @@ def test_losing_a_worker_node_mid_scoring_loses_no_row(ray_local, tmp_path: Path
     out = tmp_path / "run"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO_ROOT
     with loopback_cluster(tmp_path, workers=2, head_cpus=0, worker_cpus=2) as cluster:
         env = cluster.env | {"RAY_ADDRESS": cluster.address}
         log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below

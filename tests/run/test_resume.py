@@ -1,6 +1,6 @@
 """A run killed in the middle of a map step resumes from that step's parts, with the uninterrupted output.
 
-(Killed mid-round: tests/test_iterit.py and tests/test_iterselecttune.py.)"""
+(Killed mid-round: tests/methods/test_iterit.py and tests/methods/test_iterselecttune.py.)"""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from raysel.cli import main
+from tests.conftest import REPO_ROOT, TINY_JSONL
 from tests.procs import sigkill_when
 
-TINY = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
+pytestmark = pytest.mark.slow  # SIGKILLs a driver mid-scoring and resumes it
+
+TINY = TINY_JSONL
 ARGS = ["--backend", "fake", "--k", "6", "--score.batch_size", "2", "--score.concurrency", "1"]
 ARGS += ["--checkpoint_rows", "4"]
 
@@ -38,7 +42,7 @@ def test_killed_mid_scoring_resumes_from_its_parts(ray_local, tmp_path: Path, ca
     script = tmp_path / "killed.py"
     script.write_text(KILLED)
     env = os.environ | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO_ROOT
     proc = subprocess.Popen([sys.executable, str(script), *_select(out)], cwd=repo, env=env, start_new_session=True)
     parts = out / "steps" / "score.parts"
     # (scoring 24 rows 2 at a time, 0.4 s a batch, takes about 5 s)

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysel import schema as S
-from raysel.steps import Steps, _fixed_list, read_vectors, vectors_of
+from raysel.run.steps import Steps
+from raysel.vectors import _fixed_list, read_vectors, vectors_of
 
 
 def _write_embeddings(path: Path, vectors: np.ndarray) -> None:
@@ -50,3 +51,34 @@ def test_step_runs_once_per_key(tmp_path: Path) -> None:
     (tmp_path / "steps" / "a.done.json").unlink()  # killed before its stamp was written: redone
     steps.run("a", {"k": 2}, build)
     assert len(calls) == 3
+
+
+def test_steps_upload_each_step_and_part_and_a_killed_stream_resumes(tmp_path: Path) -> None:
+    """Steps hands every finished step and every part to its sync (a remote run directory's upload); a map step
+    killed after its first part resumes after the rows that part holds, and the result is the uninterrupted one."""
+    synced: list[str] = []
+    steps = Steps(tmp_path, sync=lambda: synced.append("sync"))
+    schema = pa.schema([(S.SOURCE, pa.string()), ("x", pa.int64())])
+    rows = [f"f:{i}" for i in range(10)]
+    seen: list[tuple[int | None, int]] = []
+
+    def tables(done, offset: int, fail_after: int | None = None):
+        seen.append((None if done is None else len(done), offset))
+        skip = set() if done is None else set(done.to_pylist())
+        todo = [r for r in rows if r not in skip]
+        for i in range(0, len(todo), 2):
+            if fail_after is not None and i >= fail_after:
+                raise RuntimeError("killed")
+            yield pa.table({S.SOURCE: todo[i : i + 2], "x": [int(r[2:]) for r in todo[i : i + 2]]}, schema=schema)
+
+    path = tmp_path / "steps" / "m.parquet"
+    path.parent.mkdir()
+    try:
+        steps.stream(path, {"k": 1}, lambda d, o: tables(d, o, fail_after=4), schema, part_rows=4)
+    except RuntimeError:
+        pass
+    assert synced == ["sync"] and not path.exists()  # one part of 4 rows landed and was uploaded
+    done = steps.run("m", {"k": 1}, lambda p: steps.stream(p, {"k": 1}, tables, schema, part_rows=4))
+    assert seen[-1] == (4, 4)  # resumed after the 4 rows of the first part
+    assert done == path and pq.read_table(path)["x"].to_pylist() == list(range(10))
+    assert synced == ["sync"] * 4  # two more parts, then the finished step

@@ -14,6 +14,7 @@ from raysel import schema as S
 from raysel.cli import main
 from raysel.config import load_config
 from raysel.driver import run
+from tests.conftest import TINY_JSONL
 
 REQUIRED = ["id", "source", "loss_cond", "loss_direct", "score_ifd", "selected", "select_reason", "rank_ifd"]
 
@@ -40,6 +41,7 @@ def _reference_ifd(tok, model, instruction: str, inp: str, output: str, max_leng
     return cond / direct
 
 
+@pytest.mark.slow  # SmolLM2 on real rows
 def test_select_real_model_matches_paper_formula(shared_data: Path, ray_local, tmp_path: Path) -> None:
     src = shared_data / "alpaca_gpt4_1k.json"
     out = tmp_path / "run"
@@ -189,8 +191,9 @@ def test_strict_mode_stops_with_file_line_and_field(ray_local, tmp_path: Path, c
     assert rc == 2 and "a.jsonl:7" in err and "JSON" in err
 
 
+@pytest.mark.slow  # ~17 s here: two full runs on Ray
 def test_rerun_skips_completed_steps_with_identical_outputs(ray_local, tmp_path: Path) -> None:
-    src = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
+    src = TINY_JSONL
     args = ["select", "--input", str(src), "--output", str(tmp_path), "--backend", "fake", "--ratio", "0.5"]
     assert main(args) == 0
     first = {p: (tmp_path / p).read_bytes() for p in ("selected.jsonl", "rejected.jsonl", "scores.parquet")}
@@ -210,7 +213,7 @@ def test_rerun_skips_completed_steps_with_identical_outputs(ray_local, tmp_path:
 
 
 def test_score_ifd_writes_scores_only(ray_local, tmp_path: Path) -> None:
-    src = Path(__file__).parent / "assets" / "tiny_instructions.jsonl"
+    src = TINY_JSONL
     assert main(["score", "ifd", "--input", str(src), "--output", str(tmp_path), "--backend", "fake"]) == 0
     table = pq.read_table(tmp_path / "scores.parquet")
     assert {S.ID, S.SOURCE, S.LOSS_COND, S.LOSS_DIRECT, S.SCORE_IFD} <= set(table.column_names)
@@ -259,6 +262,7 @@ def test_quoted_text_is_the_text_that_was_scored(ray_local, tmp_path: Path) -> N
     assert not (tmp_path / "texts2.parquet").exists()
 
 
+@pytest.mark.slow  # ~16 s here: two full runs on Ray
 def test_small_local_corpus_parsed_by_the_driver_gives_the_same_run(ray_local, tmp_path: Path) -> None:
     """A local corpus under LOCAL_READ_BYTES is parsed once by the driver (no Ray Data read passes); the same
     files through Ray Data's read tasks (a file:// URI is read as remote) give the same run, file for file."""

@@ -27,12 +27,11 @@ not paid for twice. When the judge budget (judge.budget_usd) would be passed, th
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +41,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysel import schema as S
-from raysel.config import ConfigError, GenerateConfig, JudgeConfig, RunConfig
+from raysel.config import ConfigError, RunConfig, identity
 from raysel.io import LIGHT_CPUS, arrow_batches, iter_parquet, with_positions, write_parquet_stream
+from raysel.judge.ledger import BudgetReached
+from raysel.methods import method_spec
+from raysel.methods.base import MethodBase, MethodResult, Rows
+from raysel.run.context import RunContext
+from raysel.run.steps import Steps
 from raysel.select.topk import BELOW_CUTOFF, SELECTED, Selection
-from raysel.steps import Steps
 
 if TYPE_CHECKING:
     import ray.data
@@ -76,19 +79,6 @@ NOT_HARD, UNPARSED, NOT_IN_SUBSET = "judged_not_hard", "judge_unparsed", "not_in
 """Selection reasons besides selected / below_cutoff."""
 
 
-class BudgetReached(RuntimeError):
-    """The judge budget would be passed: the run stopped cleanly and resumes once judge.budget_usd is raised."""
-
-
-@dataclass(frozen=True)
-class IstResult:
-    scored: Path
-    """Every row with its IterSelectTune columns, for the run's final files."""
-    selection: Selection
-    section: dict[str, Any]
-    """The manifest's "iterselecttune" section."""
-
-
 def _digest(obj: Any) -> str:
     return hashlib.sha256(Steps.stamp(obj).encode()).hexdigest()[:12]
 
@@ -107,26 +97,11 @@ def _rows_at(rows_path: Path, positions: np.ndarray) -> ray.data.Dataset:
     )
 
 
-def generation_identity(cfg: GenerateConfig) -> dict[str, Any]:
-    """What changes the answers (not batch size, actors or CPUs)."""
-    skip = ("batch_size", "concurrency", "num_cpus", "num_gpus")
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
-
-
-def judge_identity(cfg: JudgeConfig) -> dict[str, Any]:
-    """What changes the verdicts (not concurrency, retries, budget, prices or where the cache lives)."""
-    skip = ("concurrency", "actors", "max_retries", "backoff_s", "backoff_max_s", "timeout_s", "budget_usd",
-            "cache", "price_input_per_mtok", "price_output_per_mtok", "api_key_env")  # fmt: skip
-    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
-    out["local"] = generation_identity(cfg.local)
-    return out
-
-
 def budget_rows(cfg: RunConfig, n: int) -> int:
     """|D^H| to reach: select.k, or floor(select.ratio x rows) (at least 1)."""
     if cfg.select.k is not None:
         return min(cfg.select.k, n)
-    return max(1, math.floor((cfg.select.ratio or 0.2) * n))
+    return max(1, math.floor(IterSelectTune.spec.ratio(cfg.select.ratio) * n))
 
 
 def batch_rows(cfg: RunConfig, n: int) -> int:
@@ -138,15 +113,41 @@ def cache_dir(cfg: RunConfig, out: Path) -> Path:
     return Path(cfg.judge.cache) if cfg.judge.cache else out / "judge_cache"
 
 
-def run_iterselecttune(
-    cfg: RunConfig, out: Path, rows: Callable[[], ray.data.Dataset], key: dict[str, Any], timings: dict[str, Any]
-) -> IstResult:
-    """All rounds (or what a rerun has left of them); `rows()` builds the dataset of rows and `key` identifies them."""
-    from raysel.select.cluster import NearestSimilarity
-    from raysel.steps import embed_rows, read_vectors
+class IterSelectTune(MethodBase):
+    spec = method_spec("iterselecttune")
 
-    ist = cfg.iterselecttune
-    base = Steps(out, None, timings)
+    def resources(self, cfg: RunConfig) -> dict[str, Any]:
+        from raysel.stages.base import stage_resources
+        from raysel.stages.classify import ClassifyRun, ClassifyStage
+        from raysel.stages.embed import EmbedStage
+        from raysel.stages.generate import GenerateStage
+        from raysel.stages.judge import JudgeRun, JudgeStage
+
+        return {
+            "embed": stage_resources(EmbedStage, cfg.embed),
+            "generate": stage_resources(GenerateStage, cfg.generate),
+            "classify": stage_resources(ClassifyStage, ClassifyRun(classifier=cfg.classifier, path="")),
+            "judge": stage_resources(JudgeStage, JudgeRun(judge=cfg.judge, cache_dir="")),
+        }
+
+    def run(self, ctx: RunContext, cfg: RunConfig, rows: Rows, checked: None) -> MethodResult:
+        return self.result(cfg, *run_iterselecttune(ctx, cfg, rows.dataset, rows.key))
+
+
+METHOD = IterSelectTune()
+
+
+def run_iterselecttune(
+    ctx: RunContext, cfg: RunConfig, rows: Callable[[], ray.data.Dataset], key: dict[str, Any]
+) -> tuple[Path, Selection, dict[str, Any]]:
+    """All rounds (or what a rerun has left of them); `rows()` builds the dataset of rows and `key` identifies them.
+    Returns every row with its IterSelectTune columns, the hard set as the selection, and the manifest's
+    "iterselecttune" section."""
+    from raysel.select.cluster import NearestSimilarity
+    from raysel.vectors import embed_rows, read_vectors
+
+    ist, out = cfg.iterselecttune, ctx.out
+    base = ctx.steps()
     key = key | {"method": "iterselecttune"}
     rows_path = base.run(
         "ist_rows",
@@ -161,7 +162,7 @@ def run_iterselecttune(
         import ray.data
 
         return embed_rows(
-            ray.data.read_parquet(str(rows_path), num_cpus=LIGHT_CPUS), cfg.embed, path, key, cfg.checkpoint_rows
+            ray.data.read_parquet(str(rows_path), num_cpus=LIGHT_CPUS), cfg.embed, path, key, cfg.checkpoint_rows, base
         )
 
     key = key | {"embed": cfg.embed}
@@ -174,34 +175,25 @@ def run_iterselecttune(
     if ist.training_rounds and batch < 1:
         raise ConfigError("iterselecttune.batch must be at least 1 row")
 
-    # What the rounds decide, rebuilt from the step files on a rerun.
-    taken_round = np.full(n, -1, dtype=np.int32)
-    entered = np.full(n, "", dtype=object)
-    verdict = np.full(n, "", dtype=object)
-    score_ref = np.full(n, np.nan, dtype=np.float32)
-    score_model = np.full(n, np.nan, dtype=np.float32)
-    gen_tokens = np.full(n, -1, dtype=np.int32)
+    decided = Decisions.start(n)  # what the rounds decide, rebuilt from the step files on a rerun
     p_hard = np.full(n, np.nan, dtype=np.float32)  # the latest classifier's P(hard)
-    at_take = {c: np.full(n, np.nan, dtype=np.float32) for c in (S.SCORE_CLASSIFIER, S.SCORE_SIMILARITY, S.SCORE_IST)}
-    hard: list[int] = []
-    sim = NearestSimilarity(vectors.shape[1], k=ist.sim_k)
-    labelled: list[tuple[int, int]] = []
+    space = Space(labels=labels, vectors=vectors, sim=NearestSimilarity(vectors.shape[1], k=ist.sim_k))
     classifier: Path | None = None
     history = _digest(key)
     rounds: list[dict[str, Any]] = []
     stop = "budget reached"
     r = 0
-    while len(hard) < budget:
+    while len(decided.hard) < budget:
         if ist.max_rounds is not None and r >= ist.max_rounds:
             stop = f"max_rounds ({ist.max_rounds}) reached"
             break
-        candidates = np.flatnonzero(in_subset & (taken_round < 0))
+        candidates = np.flatnonzero(in_subset & (decided.taken_round < 0))
         if not len(candidates):
             stop = "diversity subset exhausted before the budget"
             break
         training = r < ist.training_rounds
-        size = min(batch if training else min(batch, budget - len(hard)), len(candidates))
-        steps = Steps(out, out / f"round_{r}", timings)
+        size = min(batch if training else min(batch, budget - len(decided.hard)), len(candidates))
+        steps = ctx.steps(f"round_{r}")
         rkey = {"history": history, "round": r, "ist": ist, "training": training, "size": size}
         record: dict[str, Any] = {"round": r, "kind": "training" if training else "inference",
                                   "candidates": len(candidates)}  # fmt: skip
@@ -210,60 +202,43 @@ def run_iterselecttune(
             path = steps.run("classify", ckey, lambda p, c=candidates, m=classifier: _classify(cfg, rows_path, c, m, p))
             t = pq.read_table(path)
             p_hard[t[S.POSITION].to_numpy()] = t[S.SCORE_CLASSIFIER].to_numpy(zero_copy_only=False)
-        have = classifier is not None
-
-        def choose(p: Path, r: int = r, c: np.ndarray = candidates, s: int = size, have: bool = have) -> int:
-            return _choose(cfg, r, c, s, labels, p_hard, sim, vectors, have, p)
-
-        take = pq.read_table(steps.run("batch", rkey, choose))
-        positions = take[S.POSITION].to_numpy()
-        for c in at_take:
-            at_take[c][positions] = take[c].to_numpy(zero_copy_only=False)
-        taken_round[positions] = r
+        model = p_hard if classifier is not None else None
+        draw = Draw(round=r, candidates=candidates, size=size)
+        take = pq.read_table(steps.run("batch", rkey, lambda p, d=draw, m=model: _choose(cfg, d, space, m, p)))
+        positions = decided.took(take, r)
         record["batch"] = len(positions)
         if training:
-            gkey = rkey | {"generate": generation_identity(cfg.generate)}
+            gkey = rkey | {"generate": identity(cfg.generate)}
             generated = steps.run("generate", gkey, lambda p, pos=positions: _generate(cfg, rows_path, pos, p))
-            jkey = gkey | {"judge": judge_identity(cfg.judge)}
+            jkey = gkey | {"judge": identity(cfg.judge)}
             judged = pq.read_table(steps.run("judge", jkey, lambda p, g=generated: _judge(cfg, out, g, p)))
-            pos = judged[S.POSITION].to_numpy()
-            v = np.array(judged[S.JUDGE_VERDICT].to_pylist(), dtype=object)
-            verdict[pos] = v
-            score_ref[pos] = judged[S.JUDGE_SCORE_REF].to_numpy(zero_copy_only=False)
-            score_model[pos] = judged[S.JUDGE_SCORE_MODEL].to_numpy(zero_copy_only=False)
-            gen_tokens[pos] = judged[S.GEN_TOKENS].to_numpy(zero_copy_only=False)
-            new_hard = np.sort(pos[v == "reference"])
-            labelled += [(int(p), int(x == "reference")) for p, x in zip(pos, v, strict=True) if x in LABELLED]
+            new_hard = decided.judged(judged)
             record["generated_tokens"] = int(judged[S.GEN_TOKENS].to_numpy().sum())
             record["judge"] = _judge_counts(judged)
-            entered[new_hard] = "judge"
-            if labelled:
+            if decided.labelled:
+                labelled = list(decided.labelled)
                 lkey = rkey | {"labels": _digest(labelled), "classifier": cfg.classifier}
                 classifier = steps.run(
-                    "classifier", lkey, lambda p, lab=list(labelled), k=lkey: _train(cfg, out, rows_path, lab, k, p),
+                    "classifier", lkey, lambda p, lab=labelled, k=lkey: _train(ctx, cfg, rows_path, lab, k, p),
                     suffix="",
                 )  # fmt: skip
                 record["classifier"] = json.loads((classifier / "classifier.json").read_text())
                 p_hard[:] = np.nan  # the new classifier scores the remaining rows next round
         else:
-            new_hard = np.sort(positions)
-            entered[new_hard] = "classifier"
-        hard += new_hard.tolist()
-        sim.add(vectors[new_hard])
-        record |= {"hard_added": len(new_hard), "hard_total": len(hard)}
+            new_hard = decided.joined(positions)
+        space.sim.add(vectors[new_hard])
+        record |= {"hard_added": len(new_hard), "hard_total": len(decided.hard)}
         rounds.append(record)
         history = _digest({"prev": history, "batch": positions.tolist(), "hard": new_hard.tolist()})
-        print(f"[raysel] iterselecttune round {r} ({record['kind']}): took {len(positions)} of {len(candidates)} "
-              f"candidates, {len(new_hard)} joined the hard set ({len(hard)}/{budget})", flush=True)  # fmt: skip
+        taken = f"took {len(positions)} of {len(candidates)} candidates"
+        print(f"[raysel] iterselecttune round {r} ({record['kind']}): {taken}, {len(new_hard)} joined the hard set "
+              f"({len(decided.hard)}/{budget})", flush=True)  # fmt: skip
         r += 1
 
-    scored = base.run("ist_scores", {"history": history, "key": key}, lambda p: _final(rows_path, p, {
-        S.CLUSTER: pa.array(labels, pa.int32()), IN_SUBSET: pa.array(in_subset), ROUND: pa.array(taken_round),
-        ENTERED: pa.array(entered.tolist(), pa.string()), **{c: pa.array(v) for c, v in at_take.items()},
-        S.JUDGE_VERDICT: pa.array(verdict.tolist(), pa.string()), S.JUDGE_SCORE_REF: pa.array(score_ref),
-        S.JUDGE_SCORE_MODEL: pa.array(score_model), S.GEN_TOKENS: pa.array(gen_tokens),
-    }))  # fmt: skip
-    selection = _selection(n, hard, in_subset, taken_round, verdict)
+    columns = {S.CLUSTER: pa.array(labels, pa.int32()), IN_SUBSET: pa.array(in_subset), **decided.columns()}
+    scored = base.run("ist_scores", {"history": history, "key": key}, lambda p: _final(rows_path, p, columns))
+    hard, entered = decided.hard, decided.entered
+    selection = _selection(n, hard, in_subset, decided.taken_round, decided.verdict)
     section = _section(cfg, n, int(in_subset.sum()), budget, batch, rounds, hard, entered, stop, classifier)
     labels = sum(v for r in rounds for k, v in r.get("judge", {}).get("verdicts", {}).items() if k in LABELLED)
     if ist.training_rounds and not labels:
@@ -275,7 +250,7 @@ def run_iterselecttune(
         print(f"[raysel] warning: {section['warning']}", flush=True)
     if cfg.judge.backend == "openai":  # what the cache records as paid, killed attempts included
         section["judge"]["cache_spent_usd"] = round(judge_spent(cfg, out), 6)
-    return IstResult(scored=scored, selection=selection, section=section)
+    return scored, selection, section
 
 
 def _subset(cfg: RunConfig, vectors: np.ndarray, path: Path) -> int:
@@ -295,30 +270,110 @@ def _subset(cfg: RunConfig, vectors: np.ndarray, path: Path) -> int:
     return n
 
 
-def _choose(
-    cfg: RunConfig,
-    r: int,
-    candidates: np.ndarray,
-    size: int,
-    labels: np.ndarray,
-    p_hard: np.ndarray,
-    sim: Any,
-    vectors: np.ndarray,
-    have_classifier: bool,
-    path: Path,
-) -> int:
-    """The round's batch: the top `size` candidates by alpha x P(hard) + (1 - alpha) x similarity."""
+@dataclass
+class Decisions:
+    """What the rounds decided for each of the n rows (rebuilt from the step files on a rerun)."""
+
+    taken_round: np.ndarray
+    """The round a row was taken in (-1: never taken)."""
+    entered: np.ndarray
+    """How a row joined the hard set: "judge", "classifier", or "" (it did not)."""
+    verdict: np.ndarray
+    score_ref: np.ndarray
+    score_model: np.ndarray
+    gen_tokens: np.ndarray
+    at_take: dict[str, np.ndarray]
+    """The classifier, similarity and combined scores a row had when it was taken."""
+    hard: list[int] = field(default_factory=list)
+    """D^H, in the order its rows joined (the selection)."""
+    labelled: list[tuple[int, int]] = field(default_factory=list)
+    """(position, 1 = hard / 0 = not) of every row the judge gave a verdict: the classifier's training set."""
+
+    @classmethod
+    def start(cls, n: int) -> Decisions:
+        return cls(
+            taken_round=np.full(n, -1, dtype=np.int32),
+            entered=np.full(n, "", dtype=object),
+            verdict=np.full(n, "", dtype=object),
+            score_ref=np.full(n, np.nan, dtype=np.float32),
+            score_model=np.full(n, np.nan, dtype=np.float32),
+            gen_tokens=np.full(n, -1, dtype=np.int32),
+            at_take={c: np.full(n, np.nan, dtype=np.float32) for c in (S.SCORE_CLASSIFIER, S.SCORE_SIMILARITY,
+                                                                       S.SCORE_IST)},
+        )  # fmt: skip
+
+    def took(self, take: pa.Table, r: int) -> np.ndarray:
+        """Record round r's batch (BATCH_SCHEMA); returns its positions."""
+        positions = take[S.POSITION].to_numpy()
+        for c in self.at_take:
+            self.at_take[c][positions] = take[c].to_numpy(zero_copy_only=False)
+        self.taken_round[positions] = r
+        return positions
+
+    def judged(self, judged: pa.Table) -> np.ndarray:
+        """Record a training round's verdicts; the rows the reference won join the hard set (returned, sorted)."""
+        pos = judged[S.POSITION].to_numpy()
+        v = np.array(judged[S.JUDGE_VERDICT].to_pylist(), dtype=object)
+        self.verdict[pos] = v
+        self.score_ref[pos] = judged[S.JUDGE_SCORE_REF].to_numpy(zero_copy_only=False)
+        self.score_model[pos] = judged[S.JUDGE_SCORE_MODEL].to_numpy(zero_copy_only=False)
+        self.gen_tokens[pos] = judged[S.GEN_TOKENS].to_numpy(zero_copy_only=False)
+        self.labelled += [(int(p), int(x == "reference")) for p, x in zip(pos, v, strict=True) if x in LABELLED]
+        return self.join(np.sort(pos[v == "reference"]), "judge")
+
+    def joined(self, positions: np.ndarray) -> np.ndarray:
+        """An inference round: its whole batch joins the hard set (returned, sorted)."""
+        return self.join(np.sort(positions), "classifier")
+
+    def join(self, rows: np.ndarray, how: str) -> np.ndarray:
+        self.entered[rows] = how
+        self.hard += rows.tolist()
+        return rows
+
+    def columns(self) -> dict[str, pa.Array]:
+        """The method's columns of the final scores (ROUND, ENTERED, the scores at take, the judge's)."""
+        return {
+            ROUND: pa.array(self.taken_round), ENTERED: pa.array(self.entered.tolist(), pa.string()),
+            **{c: pa.array(v) for c, v in self.at_take.items()},
+            S.JUDGE_VERDICT: pa.array(self.verdict.tolist(), pa.string()), S.JUDGE_SCORE_REF: pa.array(self.score_ref),
+            S.JUDGE_SCORE_MODEL: pa.array(self.score_model), S.GEN_TOKENS: pa.array(self.gen_tokens),
+        }  # fmt: skip
+
+
+@dataclass
+class Space:
+    """The rows as vectors: their clusters, their vectors, and the similarity index of the hard set so far."""
+
+    labels: np.ndarray
+    vectors: np.ndarray
+    sim: Any
+    """raysel.select.cluster.NearestSimilarity over D^H's vectors."""
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One round's draw: `size` rows out of `candidates` (V's rows not yet taken)."""
+
+    round: int
+    candidates: np.ndarray
+    size: int
+
+
+def _choose(cfg: RunConfig, draw: Draw, space: Space, p_hard: np.ndarray | None, path: Path) -> int:
+    """The round's batch: the top `size` candidates by alpha x P(hard) + (1 - alpha) x similarity (P(hard) left
+    out while no classifier exists, `p_hard` None)."""
     from raysel.select.cluster import sample_proportional
 
-    alpha = cfg.iterselecttune.alpha
-    similarity = sim.score(vectors[candidates])
+    alpha, candidates, size = cfg.iterselecttune.alpha, draw.candidates, draw.size
+    similarity = space.sim.score(space.vectors[candidates])
+    have_classifier = p_hard is not None
     model = p_hard[candidates] if have_classifier else np.full(len(candidates), np.nan, dtype=np.float32)
     if have_classifier:
         score = (alpha * model.astype(np.float64) + (1 - alpha) * similarity).astype(np.float32)
     else:
         score = similarity
-    if not have_classifier and len(sim) == 0:  # nothing to rank by yet: random within clusters
-        chosen = sample_proportional(labels[candidates], size, seed=cfg.seed + r)
+    if not have_classifier and len(space.sim) == 0:  # nothing to rank by yet: random within clusters
+        chosen = sample_proportional(space.labels[candidates], size, seed=cfg.seed + draw.round)
         score = np.full(len(candidates), np.nan, dtype=np.float32)
     else:
         chosen = np.lexsort((candidates, -score))[:size]  # highest score first, ties to the earlier row
@@ -397,7 +452,9 @@ def _judge_counts(judged: pa.Table) -> dict[str, Any]:
     }
 
 
-def _train(cfg: RunConfig, out: Path, rows_path: Path, labelled: list[tuple[int, int]], key: dict, path: Path) -> int:
+def _train(
+    ctx: RunContext, cfg: RunConfig, rows_path: Path, labelled: list[tuple[int, int]], key: dict, path: Path
+) -> int:
     """Retrain the classifier from its backbone on every label so far (Ray Train)."""
     from raysel.train.classifier import classifier_text, train_classifier
 
@@ -405,7 +462,8 @@ def _train(cfg: RunConfig, out: Path, rows_path: Path, labelled: list[tuple[int,
     table = pq.read_table(rows_path, columns=[S.INSTRUCTION, S.INPUT]).take(pa.array(positions))
     texts = [classifier_text(i, x) for i, x in zip(table[S.INSTRUCTION].to_pylist(), table[S.INPUT].to_pylist(),
                                                     strict=True)]  # fmt: skip
-    train_classifier(cfg.classifier, texts, [y for _, y in labelled], output_dir=path, storage_path=out / "train",
+    storage = ctx.storage_uri(ctx.out / "train")
+    train_classifier(cfg.classifier, texts, [y for _, y in labelled], output_dir=path, storage_path=storage,
                      name=f"classifier-{path.parent.name}-{_digest(key)}", seed=cfg.seed)  # fmt: skip
     return len(texts)
 

@@ -1,4 +1,5 @@
-"""Resumable steps of a run directory, and the steps every method shares: embedding and cluster assignment."""
+"""Resumable steps of a run directory: a step is a file plus a done-marker keyed on what made it, and a long map
+step streams its output through resumable parts."""
 
 from __future__ import annotations
 
@@ -6,34 +7,43 @@ import itertools
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raysel import rundir
 from raysel import schema as S
-from raysel.config import EmbedConfig
-from raysel.io import LIGHT_CPUS, iter_parquet, take_rows, write_parquet_stream
+from raysel.io import LIGHT_CPUS, iter_parquet, write_parquet_stream
 
 if TYPE_CHECKING:
     import ray.data
 
 
+def _no_sync() -> None:
+    return None
+
+
 class Steps:
     """<dir>/<name>.parquet (or a directory) + <dir>/<name>.done.json; a step is redone only when its key changes.
 
-    <dir> is the run directory's steps/ unless given (IterIT's round_<e>/); `timings` can be shared.
+    <dir> is the run directory's steps/ unless given (IterIT's round_<e>/); `timings` can be shared; `sync`
+    uploads what landed (a remote run directory's RunDir.sync; raysel.run.context wires it).
     """
 
-    def __init__(self, out: Path, dir: Path | None = None, timings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        out: Path,
+        dir: Path | None = None,
+        timings: dict[str, Any] | None = None,
+        sync: Callable[[], Any] = _no_sync,
+    ) -> None:
         self.dir = dir or out / "steps"
         self.timings: dict[str, Any] = {} if timings is None else timings
         self.prefix = "" if dir is None else f"{dir.name}/"
+        self.sync = sync
 
     def run(self, name: str, key: dict[str, Any], build: Callable[[Path], int], *, suffix: str = ".parquet") -> Path:
         """Run `build(path)` (it returns a row count) unless a completed copy made from the same key exists."""
@@ -49,8 +59,20 @@ class Steps:
         took = self.timings[self.prefix + name] = round(time.perf_counter() - start, 3)
         print(f"[raysel] step {self.prefix}{name}: {rows} rows in {took} s", flush=True)
         marker.write_text(stamp)
-        rundir.sync()  # a remote run directory gets each step as it completes
+        self.sync()  # a remote run directory gets each step as it completes
         return path
+
+    def stream(
+        self,
+        path: Path,
+        key: dict[str, Any],
+        tables: Callable[[pa.Array | None, int], Iterable[pa.Table]],
+        schema: pa.Schema,
+        *,
+        part_rows: int,
+    ) -> int:
+        """stream_in_parts into `path`, each part uploaded as it lands."""
+        return stream_in_parts(path, key, tables, schema, part_rows=part_rows, sync=self.sync)
 
     @staticmethod
     def stamp(key: dict[str, Any]) -> str:
@@ -69,6 +91,7 @@ def stream_in_parts(
     schema: pa.Schema,
     *,
     part_rows: int,
+    sync: Callable[[], Any] = _no_sync,
 ) -> int:
     """Write a row-wise map step into `path` through resumable parts; returns its row count.
 
@@ -103,7 +126,7 @@ def stream_in_parts(
         done.append(part)
         buf.clear()
         last = time.monotonic()
-        rundir.sync()
+        sync()
         rate = written / max(last - start, 1e-9)
         print(f"[raysel] {path.name}: {offset + written} rows done ({rate:.1f} rows/s), part {len(done)}", flush=True)
 
@@ -127,65 +150,3 @@ def without(ds: ray.data.Dataset, done: pa.Array | None) -> ray.data.Dataset:
     if done is None or len(done) == 0:
         return ds
     return ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
-
-
-def _fixed_list(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-
-
-def embed_rows(
-    ds: ray.data.Dataset, cfg: EmbedConfig, path: Path, key: dict[str, Any] | None = None, part_rows: int = 10_000
-) -> int:
-    """Embed every row of `ds` in an actor pool and stream id, source, vector, ppl into `path` (float32).
-
-    With the step's `key`, the step resumes from its parts (see stream_in_parts)."""
-    from raysel.stages.base import apply
-    from raysel.stages.embed import EmbedStage
-
-    def tables(done: pa.Array | None = None, offset: int = 0) -> Iterator[pa.Table]:
-        for b in apply(without(ds, done), EmbedStage, cfg).iter_batches(batch_format="numpy", batch_size=None):
-            vectors = np.asarray(b[S.EMBEDDING], dtype=np.float32)
-            yield pa.table(
-                [pa.array(b[S.ID], pa.string()), pa.array(b[S.SOURCE], pa.string()), _fixed_list(vectors),
-                 pa.array(b[S.PPL_TEXT], pa.float32())],
-                schema=S.embedding_schema(vectors.shape[1]),
-            )  # fmt: skip
-
-    if key is not None:
-        return stream_in_parts(path, key, tables, S.embedding_schema(1), part_rows=part_rows)
-    return write_parquet_stream(tables(), path, S.embedding_schema(1))
-
-
-def vectors_of(table: pa.Table) -> np.ndarray:
-    """The embedding column as float32 [n, d] without per-row Python objects."""
-    col = table[S.EMBEDDING].combine_chunks()
-    dim = col.type.list_size
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-
-
-def read_vectors(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
-    """All vectors of an embed step, or only those at the sorted positions `rows`, read batch by batch."""
-    if rows is not None:
-        return vectors_of(take_rows(path, rows, [S.EMBEDDING]))
-    parts = [vectors_of(t) for t in iter_parquet(path, columns=[S.EMBEDDING], batch_size=65536)]
-    dim = pq.read_schema(path).field(S.EMBEDDING).type.list_size
-    return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-
-
-def _assign_batch(batch: pa.Table, centroids: np.ndarray) -> pa.Table:
-    from raysel.select.cluster import assign
-
-    labels, _ = assign(vectors_of(batch), centroids)
-    return pa.table({S.ID: batch[S.ID], S.CLUSTER: pa.array(labels, pa.int32()), S.PPL_TEXT: batch[S.PPL_TEXT]})
-
-
-def assign_clusters(embeddings: Path, centroids: np.ndarray, path: Path) -> int:
-    """Every row's nearest centroid, in a Ray Data map over the embed step's file (the driver holds none)."""
-    import ray.data
-
-    ds = ray.data.read_parquet(str(embeddings), num_cpus=LIGHT_CPUS).map_batches(
-        _assign_batch, fn_kwargs={"centroids": centroids}, batch_format="pyarrow", num_cpus=LIGHT_CPUS
-    )
-    schema = pa.schema([(S.ID, pa.string()), (S.CLUSTER, pa.int32()), (S.PPL_TEXT, pa.float32())])
-    return write_parquet_stream((t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None)), path, schema)

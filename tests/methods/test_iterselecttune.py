@@ -18,10 +18,12 @@ from raysel.cli import main
 from raysel.config import load_config
 from raysel.driver import run
 from raysel.select.cluster import sample_proportional
-from raysel.steps import read_vectors
 from raysel.train.classifier import HardClassifier, classifier_text, probabilities
-from tests.conftest import read_tiny_rows
+from raysel.vectors import read_vectors
+from tests.conftest import REPO_ROOT, read_tiny_rows
 from tests.procs import sigkill_when
+
+pytestmark = pytest.mark.slow  # trains classifiers with Ray Train, kills a driver, runs SmolLM2 and MiniLM
 
 BATCH, TRAINING_ROUNDS, ALPHA = 3, 2, 0.8
 KEY_ENV, SECRET = "RAYSEL_TEST_IST_KEY", "sk-ist-test-secret-4b1d"
@@ -210,7 +212,7 @@ def test_a_killed_run_resumes_without_rejudging(
     script = tmp_path / "killed.py"
     script.write_text(KILLED)
     env = os.environ | {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO_ROOT
     cmd = [sys.executable, str(script), json.dumps(_tiny(out, tiny_bert, corpus, server.url, **{
         "judge.concurrency": 1}))]  # fmt: skip
     server.delay_s = 0.3  # one judgement at a time, slowly: the kill lands between calls of round 1
