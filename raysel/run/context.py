@@ -61,6 +61,8 @@ class RunContext:
     """The Ray cluster the run joined (address, nodes, CPUs, GPUs), as the manifest records it."""
     code: str
     """code_hash() at the start of the run: part of every step's key."""
+    ray_start: float = 0.0
+    """Seconds it took to join or start Ray (fixed cost: `raysel select` puts it in its breakdown)."""
     timings: dict[str, Any] = field(default_factory=dict)
     """Seconds per step (shared by every Steps of the run), plus the run's own phases."""
 
@@ -89,7 +91,6 @@ def run_context(
         (rd.local / name).unlink(missing_ok=True)
     start = time.perf_counter()
     cluster = init_ray()
-    ctx = RunContext(rundir=rd, cluster=cluster, code=code_hash())
-    ctx.timings["ray_start"] = round(time.perf_counter() - start, 3)  # fixed cost, in the breakdown
-    yield ctx
+    ray_start = round(time.perf_counter() - start, 3)
+    yield RunContext(rundir=rd, cluster=cluster, code=code_hash(), ray_start=ray_start)
     rd.sync()
