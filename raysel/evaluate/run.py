@@ -47,10 +47,7 @@ PROMPTS_SCHEMA = pa.schema(
     [(S.ID, pa.string()), (TESTSET, pa.string()), (PROMPT_ID, pa.string()), (S.INSTRUCTION, pa.string()),
      (S.INPUT, pa.string())]
 )  # fmt: skip
-ANSWERS_SCHEMA = pa.schema(
-    [*PROMPTS_SCHEMA, (S.GENERATED, pa.string()), (S.GEN_PROMPT_TOKENS, pa.int32()), (S.GEN_TOKENS, pa.int32()),
-     (S.GEN_FINISH, pa.string())]
-)  # fmt: skip
+ANSWERS_SCHEMA = pa.schema([*PROMPTS_SCHEMA, *S.GENERATION_FIELDS])
 A_ANSWER, B_ANSWER, FOR_A = "answer_a", "answer_b", "verdict_for_a"
 JUDGED_COLUMNS = [
     S.ID, S.JUDGE_VERDICT, S.JUDGE_SCORE_REF, S.JUDGE_SCORE_MODEL, S.JUDGE_RAW, S.JUDGE_CALLS, S.JUDGE_CACHED,
