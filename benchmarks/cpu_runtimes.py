@@ -52,6 +52,8 @@ ORT_MODES = {
     "ort-sq-token": "SmoothQuant folded (raysel's, alpha 0.5) + inputs of every Linear divided by their per-token "
     "absmax before export, then ort-int8: per-token activation scales",
     "ort-sq-token-rr": "ort-sq-token with reduce_range",
+    "ort-sq-fused": "ort-sq-token with q/k/v and gate/up fused into one Linear each (bigger GEMMs)",
+    "ort-sq-fused-rr": "ort-sq-fused with reduce_range",
 }
 OV_MODES = {
     "ov-fp32": "OpenVINO, the same ONNX file, f32 inference precision",
@@ -106,9 +108,60 @@ class _TokenScaled(torch.nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def smoothed_token_scaled(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
+def _concat(*linears: torch.nn.Linear) -> torch.nn.Linear:
+    """One Linear computing the given ones side by side (same input)."""
+    w = torch.cat([lin.weight for lin in linears])
+    out = torch.nn.Linear(w.shape[1], w.shape[0], bias=linears[0].bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(w)
+        if out.bias is not None:
+            out.bias.copy_(torch.cat([lin.bias for lin in linears]))
+    return out
+
+
+class _FusedMLP(torch.nn.Module):
+    def __init__(self, mlp: torch.nn.Module) -> None:
+        super().__init__()
+        self.gate_up, self.down_proj, self.act_fn = _concat(mlp.gate_proj, mlp.up_proj), mlp.down_proj, mlp.act_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+def _fused_attention_forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+    """LlamaAttention.forward (no KV cache: scoring) with q, k and v from one Linear."""
+    from transformers.models.llama.modeling_llama import ALL_ATTENTION_FUNCTIONS, apply_rotary_pos_emb
+
+    kwargs.pop("past_key_values", None)
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    q, k, v = self.qkv(hidden_states).split(self.qkv_sizes, dim=-1)
+    q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    attend = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+    out, weights = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs)
+    return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
+
+
+def fuse_projections(model: torch.nn.Module) -> None:
+    """q/k/v and gate/up into one Linear each, in place (Llama-family decoders; exact up to float order)."""
+    import types
+
+    for layer in model.base_model.layers:
+        att = layer.self_attn
+        att.qkv = _concat(att.q_proj, att.k_proj, att.v_proj)
+        att.qkv_sizes = [att.q_proj.out_features, att.k_proj.out_features, att.v_proj.out_features]
+        del att.q_proj, att.k_proj, att.v_proj
+        att.forward = types.MethodType(_fused_attention_forward, att)
+        layer.mlp = _FusedMLP(layer.mlp)
+
+
+def smoothed_token_scaled(model: torch.nn.Module, tokenizer, fuse: bool = False) -> torch.nn.Module:
     """A copy of the model with raysel's SmoothQuant scales folded in (calibrated as score.quantize=smoothquant
-    is) and every decoder Linear wrapped in _TokenScaled: equal to the model in fp32, ready for ort-int8."""
+    is), with `fuse` its projections fused, and every decoder Linear wrapped in _TokenScaled: equal to the model
+    in fp32, ready for ort-int8."""
     import copy
 
     from raysel.backends.quant import activation_absmax, calibration_ids, smooth
@@ -116,6 +169,8 @@ def smoothed_token_scaled(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
     model = copy.deepcopy(model).eval()
     with torch.inference_mode():
         smooth(model, activation_absmax(model, calibration_ids(tokenizer)), 0.5)
+    if fuse:
+        fuse_projections(model)
     for mod in list(model.base_model.modules()):
         for name, child in list(mod.named_children()):
             if isinstance(child, torch.nn.Linear):
@@ -255,13 +310,17 @@ def main() -> None:
         onnx_sq = workdir / "decoder-sq-token.onnx"
         if any(m.startswith("ort-sq-token") for m in modes):
             export_s += export_decoder(smoothed_token_scaled(fp32, tok), onnx_sq)
+        onnx_fused = workdir / "decoder-sq-fused.onnx"
+        if any(m.startswith("ort-sq-fused") for m in modes):
+            export_s += export_decoder(smoothed_token_scaled(fp32, tok, fuse=True), onnx_fused)
 
         models: dict[str, object] = {"torch-fp32": fp32}
         prepare_s: dict[str, float] = {}
         for mode in modes:
             start = time.perf_counter()
             if mode in ORT_MODES:
-                src = onnx_sq if mode.startswith("ort-sq-token") else onnx_fp32
+                sources = {"ort-sq-token": onnx_sq, "ort-sq-fused": onnx_fused}
+                src = next((f for prefix, f in sources.items() if mode.startswith(prefix)), onnx_fp32)
                 models[mode] = RuntimeModel(ort_runner(ort_model(mode, src, workdir)), head)
             elif mode in OV_MODES:
                 model, config = ov_model(mode, onnx_fp32, calib)
