@@ -120,7 +120,9 @@ GEN_TOKENS = "gen_tokens"
 GEN_FINISH = "gen_finish"
 """Why generation stopped: "stop" (end of turn), "length" (max_new_tokens), "truncated_prompt:stop" etc.
 when the prompt was cut to fit."""
-GENERATION_FIELDS = [(GENERATED, pa.string()), (GEN_PROMPT_TOKENS, pa.int32()), (GEN_TOKENS, pa.int32()), (GEN_FINISH, pa.string())]
+GENERATION_FIELDS = [
+    (GENERATED, pa.string()), (GEN_PROMPT_TOKENS, pa.int32()), (GEN_TOKENS, pa.int32()), (GEN_FINISH, pa.string())
+]  # fmt: skip
 """The columns a generate step adds to the rows it answers."""
 JUDGE_VERDICT = "judge_verdict"
 """Both orders combined: "reference" (the reference answer wins: the instruction is hard), "model", "tie",

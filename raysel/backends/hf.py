@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raysel.backends.base import TokenLoss, cpu_threads
 from raysel.backends.models import resolve_model
-from raysel.backends.spans import answer_spans, render_chat, render_messages, token_losses
+from raysel.backends.spans import TokenizerPrompts, answer_spans, token_losses
 from raysel.config import ScoreConfig
 
 
@@ -44,7 +44,7 @@ def pack_bins(lengths: Sequence[int], width: int, token_budget: int) -> list[lis
     return [bins[k : k + per] for k in range(0, len(bins), per)]
 
 
-class HfLossScorer:
+class HfLossScorer(TokenizerPrompts):
     """LossScorer on transformers (CPU or CUDA). Scores agree with a one-row-at-a-time loop to float error."""
 
     def __init__(self, cfg: ScoreConfig) -> None:
@@ -72,12 +72,6 @@ class HfLossScorer:
         conf = model.config
         self._fast = not (getattr(conf, "final_logit_softcapping", None) or getattr(conf, "logit_scale", None))
         self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0
-
-    def chat_prompt(self, user: str, system: str | None = None) -> str:
-        return render_chat(self.tokenizer, user, system)
-
-    def chat_text(self, messages: Sequence[dict[str, str]]) -> str:
-        return render_messages(self.tokenizer, messages)
 
     def score(
         self,

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from raysel.backends.base import Embeddings, cpu_threads
 from raysel.backends.hf import pack_by_length
 from raysel.backends.models import resolve_model
-from raysel.backends.spans import render_chat
+from raysel.backends.spans import TokenizerPrompts
 from raysel.config import EmbedConfig
 
 # Padded tokens per forward pass. Short sentences gain from batching even on CPU (unlike 512-token IFD rows).
@@ -31,7 +31,7 @@ def _pooling(path: str) -> str:
     return "mean"
 
 
-class HfEmbedder:
+class HfEmbedder(TokenizerPrompts):
     """Embedder on transformers (CPU or CUDA).
 
     Encoders: tokens mean-pooled under the attention mask (or the CLS token, as the model's
@@ -59,9 +59,6 @@ class HfEmbedder:
             threads = cpu_threads(cfg)
             if threads > 1:
                 self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="raysel-embed")
-
-    def chat_prompt(self, user: str, system: str | None = None) -> str:
-        return render_chat(self.tokenizer, user, system)
 
     def embed(self, texts: Sequence[str]) -> Embeddings:
         ids = [row[: self.cfg.max_length] or [self.pad_id] for row in self.tokenizer(list(texts))["input_ids"]]

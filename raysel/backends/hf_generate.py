@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from raysel.backends.base import Generation, GenParams, cpu_threads
 from raysel.backends.models import resolve_model
-from raysel.backends.spans import render_chat, text_prompt
+from raysel.backends.spans import TokenizerPrompts
 from raysel.config import GenerateConfig
 
 TRUNCATED = "truncated_prompt:"
@@ -87,7 +87,20 @@ class RowSampler:
         return out.scatter_(-1, picks[:, None], 0.0)
 
 
-class HfGenerator:
+class IdsGenerator(TokenizerPrompts):
+    """generate() for engines that generate from token ids (`generate_ids`): prompts encoded and cut to
+    max_prompt_tokens, answers decoded, the same way for every engine."""
+
+    def generate(self, prompts: Sequence[str], params: GenParams) -> list[Generation]:
+        ids, cut = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)
+        new_ids, reasons = self.generate_ids(ids, params)
+        return to_generations(self.tokenizer, new_ids, ids, cut, reasons)
+
+    def generate_ids(self, ids: Sequence[Sequence[int]], params: GenParams) -> tuple[list[list[int]], list[str]]:
+        raise NotImplementedError
+
+
+class HfGenerator(IdsGenerator):
     """Generator on transformers `generate`. Greedy answers are those of one-row-at-a-time generation."""
 
     def __init__(self, cfg: GenerateConfig) -> None:
@@ -112,17 +125,6 @@ class HfGenerator:
         # (repetition penalties, top_k=50...): a clean one makes greedy plain argmax and sampling
         # temperature + top-p only, as in vLLM.
         self.model.generation_config = GenerationConfig(eos_token_id=self.eos or None, pad_token_id=self.pad_id)
-
-    def chat_prompt(self, user: str, system: str | None = None) -> str:
-        return render_chat(self.tokenizer, user, system)
-
-    def text_prompt(self, text: str) -> str:
-        return text_prompt(self.tokenizer, text)
-
-    def generate(self, prompts: Sequence[str], params: GenParams) -> list[Generation]:
-        ids, cut = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)
-        new_ids, reasons = self.generate_ids(ids, params)
-        return to_generations(self.tokenizer, new_ids, ids, cut, reasons)
 
     def generate_ids(self, ids: Sequence[Sequence[int]], params: GenParams) -> tuple[list[list[int]], list[str]]:
         """New token ids per prompt (token ids in; the EOS included when it stopped) and "stop" / "length".

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from raysel.backends.base import TokenLoss
 
@@ -42,6 +43,22 @@ def render_chat(tokenizer, user: str, system: str | None = None) -> str:
 def render_messages(tokenizer, messages: Sequence[dict[str, str]]) -> str:
     """The tokenizer's chat template over whole turns (no generation prompt): IterIT's scored texts."""
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=False)
+
+
+class TokenizerPrompts:
+    """The prompt half of the Embedder, LossScorer and Generator protocols, from the engine's tokenizer
+    (`self.tokenizer`): what every real backend shares."""
+
+    tokenizer: Any
+
+    def chat_prompt(self, user: str, system: str | None = None) -> str:
+        return render_chat(self.tokenizer, user, system)
+
+    def chat_text(self, messages: Sequence[dict[str, str]]) -> str:
+        return render_messages(self.tokenizer, messages)
+
+    def text_prompt(self, text: str) -> str:
+        return text_prompt(self.tokenizer, text)
 
 
 def token_losses(nll: Sequence[float], starts: Sequence[int], ends: Sequence[int]) -> list[TokenLoss]:

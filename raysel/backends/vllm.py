@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from raysel.backends.base import Embeddings, Generation, GenParams, TokenLoss, cpu_threads
-from raysel.backends.hf_generate import encode_prompts, eos_ids, row_seed, to_generations
+from raysel.backends.base import Embeddings, GenParams, TokenLoss, cpu_threads
+from raysel.backends.hf_generate import IdsGenerator, eos_ids, row_seed
 from raysel.backends.models import resolve_model
-from raysel.backends.spans import answer_spans, render_chat, render_messages, text_prompt, token_losses
+from raysel.backends.spans import TokenizerPrompts, answer_spans, token_losses
 from raysel.config import EmbedConfig, GenerateConfig, ScoreConfig
 
 
-class VllmLossScorer:
+class VllmLossScorer(TokenizerPrompts):
     """LossScorer on vLLM. Texts are tokenized here with the model's HF tokenizer and sent as token ids,
     so the answer span is exactly the one the hf scorer uses, and scores agree with it to float error."""
 
@@ -36,12 +36,6 @@ class VllmLossScorer:
         self.tokenizer = self.llm.get_tokenizer()
         self.params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         self.cfg = cfg
-
-    def chat_prompt(self, user: str, system: str | None = None) -> str:
-        return render_chat(self.tokenizer, user, system)
-
-    def chat_text(self, messages: Sequence[dict[str, str]]) -> str:
-        return render_messages(self.tokenizer, messages)
 
     def score(
         self,
@@ -68,7 +62,7 @@ class VllmLossScorer:
         return token_losses(nll, starts, ends)
 
 
-class VllmEmbedder:
+class VllmEmbedder(TokenizerPrompts):
     """Embedder on vLLM's pooling runner (the encoders vLLM supports, e.g. BERT-family sentence encoders).
 
     vLLM applies the model's own pooling (from its sentence-transformers config) and normalization; texts
@@ -89,9 +83,6 @@ class VllmEmbedder:
         self.cfg = cfg
         self.dim = int(self.llm.llm_engine.model_config.get_hidden_size())
 
-    def chat_prompt(self, user: str, system: str | None = None) -> str:
-        return render_chat(self.tokenizer, user, system)
-
     def embed(self, texts: Sequence[str]) -> Embeddings:
         ids = [row[: self.cfg.max_length] for row in self.tokenizer(list(texts))["input_ids"]]
         results = self.llm.embed([{"prompt_token_ids": r} for r in ids], use_tqdm=False) if ids else []
@@ -100,7 +91,7 @@ class VllmEmbedder:
         return Embeddings(vectors=vectors, ppl=np.full(len(ids), np.nan, dtype=np.float32))
 
 
-class VllmGenerator:
+class VllmGenerator(IdsGenerator):
     """Generator on vLLM. Prompts are tokenized here exactly as the hf generator does (no added special
     tokens, left-truncated) and sent as token ids; greedy answers match the hf generator's token for token
     up to float error. Sampling seeds each request, so a row's answer does not depend on its batch."""
@@ -126,17 +117,6 @@ class VllmGenerator:
             gen_config = None
         self.eos = eos_ids(self.tokenizer, gen_config)
         self.cfg = cfg
-
-    def chat_prompt(self, user: str, system: str | None = None) -> str:
-        return render_chat(self.tokenizer, user, system)
-
-    def text_prompt(self, text: str) -> str:
-        return text_prompt(self.tokenizer, text)
-
-    def generate(self, prompts: Sequence[str], params: GenParams) -> list[Generation]:
-        ids, cut = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)
-        new_ids, reasons = self.generate_ids(ids, params)
-        return to_generations(self.tokenizer, new_ids, ids, cut, reasons)
 
     def generate_ids(self, ids: Sequence[Sequence[int]], params: GenParams) -> tuple[list[list[int]], list[str]]:
         """New token ids per prompt (token ids in; the EOS included when it stopped) and "stop" / "length"."""
