@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from raysel.methods import METHODS
+from raysel.methods import METHODS, method_spec
 from raysel.readers import ColumnMap
 
 
@@ -24,7 +24,9 @@ class ConfigError(ValueError):
 
 RUNTIME = "runtime"
 """Field metadata key: the field changes how a step runs (speed, resources, retries, accounting, where files go),
-never what it produces, so it is left out of the step's identity (raysel.config.identity)."""
+never what it produces, so identity() leaves it out. Keys built with identity() (the score, generate and judge
+steps, and eval's training runs) reuse their step when only such fields change; keys that still hold a whole
+section (embed, classifier, and the training inside IterIT and pre-experience) change with any of its fields."""
 
 
 def runtime(default: Any = None) -> Any:
@@ -34,7 +36,7 @@ def runtime(default: Any = None) -> Any:
 
 def identity(section: Any) -> dict[str, Any]:
     """A config section as a step key holds it: every field that can change the step's results (nested
-    sections likewise), without the runtime() ones, so a changed batch size or actor count reuses the step."""
+    sections likewise), without the runtime() ones (see RUNTIME for the keys built this way)."""
     plain = dataclasses.asdict(section)
     return {
         f.name: identity(value) if dataclasses.is_dataclass(value := getattr(section, f.name)) else plain[f.name]
@@ -517,12 +519,9 @@ class RunConfig:
             raise ConfigError("output is required: the run directory (--output DIR)")
         if not self.data.input:
             raise ConfigError("data.input is required: a corpus file, directory or glob (--input PATH)")
-        if self.select.method != "ifd" and self.pre_experience.enabled:
-            why = {"iterit": "iterit trains its own model each epoch",
-                   "iterselecttune": "iterselecttune does not score IFD"}  # fmt: skip
-            raise ConfigError(
-                f"pre_experience is part of the ifd method; {why.get(self.select.method, 'only ifd uses it')}"
-            )
+        no_pre_experience = method_spec(self.select.method).no_pre_experience
+        if no_pre_experience and self.pre_experience.enabled:
+            raise ConfigError(f"pre_experience is part of the ifd method; {no_pre_experience}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -799,7 +798,8 @@ def config_tree(path: str | Path | None, overrides: dict[str, Any] | None) -> di
 def _method_defaults(tree: dict[str, Any]) -> None:
     """Defaults that depend on the method, filled in where the file and flags leave them unset."""
     select = tree.get("select") if isinstance(tree.get("select"), dict) else {}
-    spec = METHODS.get(select.get("method") or "ifd")
+    method = select.get("method") or "ifd"
+    spec = METHODS.get(method) if isinstance(method, str) else None
     if spec is None:
         return  # SelectConfig names the methods
     if spec.score_template is not None:

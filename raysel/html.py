@@ -11,7 +11,7 @@ import base64
 import io
 import json
 from collections.abc import Iterable, Sequence
-from html import escape
+from html import escape  # public here too: html.escape for text the toolkit's helpers do not wrap
 from typing import Any
 
 CLIP = 300

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Sequence
-from html import escape as _e
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ def write_report(run_dir: Path) -> Path:
         _examples(run_dir, manifest, scores),
         _config(manifest),
     ]  # fmt: skip
-    title = _e(f"raysel report: {run_dir.name}")
+    title = html.escape(f"raysel report: {run_dir.name}")
     page = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
     page += f"<style>{html.CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
     path = run_dir / "report.html"
@@ -124,7 +123,7 @@ def _header(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
     summary = f"in {c.get('read', '?')} / out {out} / rejected {c.get('rejected_total', '?')}"
     if not manifest:
         summary = "manifest.json is missing: the run did not finish"
-    head = f"<h1>raysel report: {_e(run_dir.name)}</h1><p><b>{_e(summary)}</b></p>"
+    head = f"<h1>raysel report: {html.escape(run_dir.name)}</h1><p><b>{html.escape(summary)}</b></p>"
     return head + html.row(html.kv(meta), html.table(["count", "rows"], c.items()) if c else "")
 
 
@@ -330,7 +329,8 @@ def _examples(run_dir: Path, manifest: dict[str, Any], scores: pa.Table) -> str:
         _example_table(scores, rows, [at[i] for i in rows.tolist()], name, values, texts) for rows in (top, bottom)
     ]
     high, low = ("best", "worst") if name == "rank" else ("highest", "lowest")
-    return head + f"<h3>{len(top)} {high} {_e(name)}</h3>{tables[0]}<h3>{len(bottom)} {low} {_e(name)}</h3>{tables[1]}"
+    name = html.escape(name)
+    return head + f"<h3>{len(top)} {high} {name}</h3>{tables[0]}<h3>{len(bottom)} {low} {name}</h3>{tables[1]}"
 
 
 def _example_table(

@@ -127,8 +127,6 @@ def _cost(cfg: ScoreConfig, scored: pa.Table, seconds: Any) -> dict[str, Any]:
 
 def _report(out: Path, ifd: dict[str, np.ndarray], result: dict[str, Any]) -> None:
     """report.html: the verdict, the statistics and a scatter plot of the two IFD scores."""
-    from html import escape
-
     from raysel import html
 
     ax = html.axes(4.2, 4.0)[0][0]
@@ -140,7 +138,8 @@ def _report(out: Path, ifd: dict[str, np.ndarray], result: dict[str, Any]) -> No
     rows = [[n, result[n]["value"], result[n]["low"], result[n]["high"]] for n in METRICS]
     costs = [[w, result[w]["model"], result[w]["tokens"], result[w]["rows_per_s"]] for w in ("small", "large")]
     body = (
-        f"<h1>raysel agree: {escape(out.name)}</h1><h2>Scorer agreement</h2><p>{escape(result['verdict'])}</p>"
+        f"<h1>raysel agree: {html.escape(out.name)}</h1><h2>Scorer agreement</h2>"
+        f"<p>{html.escape(result['verdict'])}</p>"
         + html.img(ax.figure, "IFD of each sampled row by the two scorers")
         + html.table(["statistic", "value", "95% low", "95% high"], rows)
         + html.table(["scorer", "model", "tokens", "rows/s"], costs)

@@ -4,7 +4,6 @@ losses, training sets, judge cost and example answer pairs. Drawn from results.j
 from __future__ import annotations
 
 import json
-from html import escape as _e
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ def write_eval_report(out: Path) -> Path:
     out = Path(out)
     results = json.loads((out / "results.json").read_text())
     parts = [
-        f"<h1>raysel eval: {_e(out.name)}</h1>",
+        f"<h1>raysel eval: {html.escape(out.name)}</h1>",
         html.note(
             f"raysel {__version__}; base model {results['base_model']}, template {results['template']}; "
             f"finished {results.get('finished', '')}"
@@ -44,9 +43,10 @@ def write_eval_report(out: Path) -> Path:
         "<h2>Examples</h2>",
         _examples(out, results),
         "<h2>Config</h2>",
-        f"<pre>{_e(json.dumps(html.redact(results.get('config', {})), indent=1, default=str))}</pre>",
+        f"<pre>{html.escape(json.dumps(html.redact(results.get('config', {})), indent=1, default=str))}</pre>",
     ]
-    page = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>raysel eval {_e(out.name)}</title>'
+    title = html.escape(f"raysel eval {out.name}")
+    page = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
     page += f"<style>{html.CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
@@ -122,7 +122,7 @@ def _examples(out: Path, results: dict[str, Any]) -> str:
         t = pq.read_table(path).slice(0, N_EXAMPLES).to_pylist()
         rows = [[r["id"], *(html.clip(r[k]) for k in ("instruction", "answer_a", "answer_b")), r["verdict_for_a"]]
                 for r in t]  # fmt: skip
-        parts.append(f"<h3>{_e(name)}</h3>" + html.table(
+        parts.append(f"<h3>{html.escape(name)}</h3>" + html.table(
             ["prompt", "instruction", f"{c['a']}'s answer", f"{c['b']}'s answer", f"verdict for {c['a']}"], rows,
             {1: "text", 2: "text", 3: "text"}))  # fmt: skip
     return "".join(parts) or html.note("no judged pairs")

@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 class MethodSpec:
     name: str
     summary: str
-    """One line for --help and the README."""
+    """One line for --help."""
     ratio_means: str
-    """What select.ratio is for this method (--help, the config docs)."""
+    """What select.ratio is for this method (--help)."""
     default_ratio: float
     """select.ratio when neither select.ratio nor select.k is given."""
     ratio_in_config: bool
@@ -37,6 +37,8 @@ class MethodSpec:
     """score.template when the user gives none (None: the score section's own default)."""
     module: str
     """The module whose METHOD implements it."""
+    no_pre_experience: str | None = None
+    """Why pre_experience cannot be enabled with this method (None: it can)."""
 
     def ratio(self, ratio: float | None) -> float:
         """select.ratio as this method reads it: the given value, else the method's default."""
@@ -68,6 +70,7 @@ METHODS: dict[str, MethodSpec] = {
             rank_column=S.SCORE_IFD_PPL,
             score_template="iterit",
             module="raysel.methods.iterit",
+            no_pre_experience="iterit trains its own model each epoch",
         ),
         MethodSpec(
             name="iterselecttune",
@@ -78,6 +81,7 @@ METHODS: dict[str, MethodSpec] = {
             rank_column=S.SCORE_IST,
             score_template=None,
             module="raysel.methods.iterselecttune",
+            no_pre_experience="iterselecttune does not score IFD",
         ),
     )
 }
@@ -93,5 +97,5 @@ def method_spec(name: str) -> MethodSpec:
 
 
 def ratio_help() -> str:
-    """select.ratio for every method, with its default (CLI help, config docs)."""
+    """select.ratio for every method, with its default (CLI help)."""
     return "; ".join(f"{m.name}: {m.ratio_means} (default {m.default_ratio})" for m in METHODS.values())

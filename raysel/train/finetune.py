@@ -27,7 +27,7 @@ import ray.train.torch
 import torch
 
 from raysel.backends.models import resolve_model
-from raysel.config import TrainConfig
+from raysel.config import TrainConfig, identity
 from raysel.templates import Template
 from raysel.train import sft
 
@@ -270,9 +270,8 @@ def finetune(
 
 
 def _fingerprint(cfg: TrainConfig, model: str, template: str, seed: int, data: sft.SftData, start: list) -> str:
-    """Identity of a run: what changes the trained weights (not checkpoint_every or CPUs per worker)."""
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("checkpoint_every", "cpus_per_worker")}
-    text = json.dumps([fields, model, template, seed, data.fingerprint(), start], sort_keys=True)
+    """Identity of a run: what changes the trained weights (config.identity: not its runtime() fields)."""
+    text = json.dumps([identity(cfg), model, template, seed, data.fingerprint(), start], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -295,3 +295,22 @@ def test_method_defaults_come_from_the_registry() -> None:
     assert load_config(None, common | {"select.method": "iterit", "select.k": 3}).select.ratio is None
     with pytest.raises(ConfigError, match="select.method: 'cherry' is not one of 'ifd', 'iterit', 'iterselecttune'"):
         load_config(None, common | {"select.method": "cherry"})
+
+
+def test_method_that_is_not_a_name_is_a_config_error(tmp_path) -> None:
+    for value in ("[ifd, iterit]", "{name: ifd}", "3"):
+        path = tmp_path / "c.yaml"
+        path.write_text(f"output: o\ndata: {{input: x.jsonl}}\nselect: {{method: {value}}}\n")
+        with pytest.raises(ConfigError, match=r"select\.method"):
+            load_config(path, {})
+
+
+def test_pre_experience_is_refused_where_the_registry_says_so() -> None:
+    from raysel.methods import METHODS
+
+    for name, spec in METHODS.items():
+        if spec.no_pre_experience is None:
+            assert _load(select__method=name, pre_experience__enabled=True).pre_experience.enabled
+        else:
+            with pytest.raises(ConfigError, match=f"part of the ifd method; {re.escape(spec.no_pre_experience)}"):
+                _load(select__method=name, pre_experience__enabled=True)
