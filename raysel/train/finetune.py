@@ -101,7 +101,7 @@ def _setup(config: dict[str, Any]) -> tuple[_Worker, int]:
     ctx = ray.train.get_context()
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    model = sft.load_model(resolve_model(config["model"]), cfg)
+    model = sft.load_model(resolve_model(config["model"]), cfg, seed=config["seed"])
     state = _restore(model, cfg, config["fingerprint"], config.get("init"))
     # [1] Ray: move to the worker's device; DDP (gloo on CPU, nccl on GPU) when there are several workers.
     model = ray.train.torch.prepare_model(model)

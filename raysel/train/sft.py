@@ -139,6 +139,11 @@ def step_rows(n_rows: int, step: int, *, world_size: int, rank: int, batch_size:
     return shard[k * batch_size : (k + 1) * batch_size]
 
 
+def init_seed(seed: int) -> int:
+    """Torch seed for the adapters' init: the same on every rank, apart from every step's seed."""
+    return int(np.random.SeedSequence([seed, 1 << 32]).generate_state(1)[0])
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """Torch seed for one rank's step (dropout): resuming needs no saved RNG state."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
@@ -195,8 +200,12 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
     return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
-def load_model(path: str, cfg: TrainConfig) -> torch.nn.Module:
-    """float32 master weights (bfloat16 is autocast on GPU), wrapped in LoRA adapters for method "lora"."""
+def load_model(path: str, cfg: TrainConfig, seed: int = 0) -> torch.nn.Module:
+    """float32 master weights (bfloat16 is autocast on GPU), wrapped in LoRA adapters for method "lora".
+
+    The adapters' random init (peft draws lora_A from torch's global RNG) is a function of `seed`: without
+    it, a run's result hung on whatever a reused Ray worker process had drawn before.
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -212,7 +221,9 @@ def load_model(path: str, cfg: TrainConfig) -> torch.nn.Module:
         target_modules=cfg.lora_targets or "all-linear",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed(seed))
+        return get_peft_model(model, lora)
 
 
 def trainable_state(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, torch.Tensor]:

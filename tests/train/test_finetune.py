@@ -122,6 +122,24 @@ def test_lora_adapts_every_block_projection_by_default(tiny_hf_model: str) -> No
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
 
 
+def test_lora_init_is_a_function_of_the_seed_not_of_the_process_rng(tiny_hf_model: str) -> None:
+    from raysel.train.sft import load_model
+
+    def adapters(global_seed: int, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(global_seed)  # what earlier work in a reused Ray worker process left behind
+        model = load_model(tiny_hf_model, TrainConfig(method="lora"), seed=seed)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    a, b, other = adapters(1, 0), adapters(2, 0), adapters(1, 5)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], other[n]) for n in a)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    load_model(tiny_hf_model, TrainConfig(method="lora"), seed=0)
+    assert torch.equal(torch.rand(4), expected)  # the caller's RNG stream is left as it was
+
+
 @pytest.fixture(scope="module")
 def full_run(ray_local, tiny_hf_model: str, tmp_path_factory) -> tuple[Path, Path]:
     """One uninterrupted full fine-tune of the tiny model: (output dir, storage path)."""
@@ -178,7 +196,8 @@ def test_lora_merges_into_a_plain_model_and_lowers_the_loss(ray_local, tiny_hf_m
 
     # The random-init model's LM head is near zero, so its logits stay flat unless the head is adapted too.
     targets = ["q_proj", "v_proj", "up_proj", "down_proj", "lm_head"]
-    cfg = TrainConfig(**{**CFG.__dict__, "method": "lora", "lora_targets": targets, "lora_r": 16, "lr": 5e-2})
+    # lr 3e-2: after/before 0.62-0.67 over seeds 0-4 here (5e-2 overshoots: 0.70-0.78, once 0.80 in CI).
+    cfg = TrainConfig(**{**CFG.__dict__, "method": "lora", "lora_targets": targets, "lora_r": 16, "lr": 3e-2})
     out = finetune(
         cfg, model=tiny_hf_model, rows=_table(tiny_rows), template="chat",
         output_dir=tmp_path / "model", storage_path=tmp_path / "storage",
