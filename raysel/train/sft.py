@@ -140,7 +140,8 @@ def step_rows(n_rows: int, step: int, *, world_size: int, rank: int, batch_size:
 
 
 def init_seed(seed: int) -> int:
-    """Torch seed for the adapters' init: the same on every rank, apart from every step's seed."""
+    """Torch seed for the adapters' init: the same on every rank, and never one of step_seed's (a two-entry
+    sequence, where step_seed's have three)."""
     return int(np.random.SeedSequence([seed, 1 << 32]).generate_state(1)[0])
 
 
